@@ -1,0 +1,52 @@
+# The README's commands. Each target sets up .venv on first use; nothing else to install by hand.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+RUN ?= runs/vae_fashion
+
+.PHONY: setup train test unit notebooks-check notebooks-run sync lab refresh-solutions clean
+
+setup: $(STAMP) $(if $(wildcard $(FASHION)),,debian-data)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# Fashion-MNIST offline from Debian's package when we are root on Debian (as CI is); else skip
+# quietly: hvae_lib.data then downloads it, or says how to get it.
+debian-data:
+	@if [ "$$(id -u)" = 0 ] && [ -f /etc/debian_version ] && [ ! -f $(FASHION) ]; then \
+	  echo "installing Debian's dataset-fashion-mnist (offline Fashion-MNIST)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+	  || echo "note: could not install dataset-fashion-mnist; the data loader will try a download instead"; \
+	fi
+
+train: setup
+	$(PY) -m hvae_lib.train --preset vae_fashion --out $(RUN)
+
+test: setup notebooks-check unit notebooks-run
+
+unit: setup
+	$(PY) -m pytest tests
+
+notebooks-check: setup
+	$(PY) tools/notebooks.py check
+
+notebooks-run: setup
+	HVAE_SMOKE=1 $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env chapters solutions
+
+sync: setup
+	$(PY) tools/notebooks.py sync
+
+refresh-solutions: setup
+	$(PY) tools/notebooks.py execute solutions/*.ipynb
+
+lab: setup
+	$(VENV)/bin/jupyter lab
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,109 @@
+"""Checkpoints that survive crashes and load safely (the training engine).
+
+A checkpoint is a plain dict of tensors and primitives, so ``torch.load(weights_only=True)`` reads
+it: a file carrying arbitrary pickled objects is refused before any of its code runs (NVAE's
+checkpoints hold a pickled argparse namespace and need that safety switched off). Writes are atomic:
+a temp file in the same folder, fsync, then ``os.replace``, so a ``kill -9`` at any moment leaves
+either the old checkpoint or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+
+FORMAT = "hvae_lib.checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: corrupted, unsafe, foreign, or from another model."""
+
+
+def save_atomic(obj: dict, path: str | Path) -> None:
+    """torch.save to a temp file beside ``path``, fsync it, then atomically replace ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint written by this library, refusing anything else with one clear sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint at {path}; pass the checkpoint.pt written by `python -m hvae_lib.train`.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"Refused to load {path}: it holds pickled Python objects that a weights-only load does not "
+            f"allow ({first[:120]}), so nothing in it was run; only checkpoints written by hvae_lib are accepted."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"Could not read {path} as a checkpoint ({type(err).__name__}); the file is corrupted or not a "
+            f"PyTorch file. Delete it to start afresh or point to another checkpoint."
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a PyTorch file but not an hvae_lib checkpoint (no '{FORMAT}' marker); "
+            f"train with `python -m hvae_lib.train` to make one."
+        )
+    return ckpt
+
+
+def rng_state() -> dict:
+    """Torch (CPU and CUDA), NumPy and Python RNG states as tensors and primitives."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(x):
+    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuples(x):
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def library_version() -> str:
+    return __version__

@@ -1,0 +1,255 @@
+"""Typed, strict configuration: dataclasses per concern, named presets, ``--set key=value``.
+
+A run is described by one :class:`Config` = model + data + optim + run. Keys are dotted paths
+(``model.latent_dim``); a leaf whose name is unique across the config can be given alone
+(``max_steps``, ``precision``, ``seed``). Unknown keys and wrong types are errors that name the
+valid keys: a typo never silently does nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class ConfigError(ValueError):
+    """A configuration key or value the user gave does not fit the config."""
+
+
+@dataclass
+class ModelConfig:
+    """Base of every model family's config; subclasses register themselves with :func:`model_family`."""
+
+    family: str = ""
+
+    def build(self, image_shape: tuple[int, int, int], bits: int, likelihood: str):  # pragma: no cover
+        raise ConfigError(f"Model family {self.family!r} has no builder.")
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    root: str = ""  # empty: $HVAE_DATA_ROOT or <repo>/data
+    resolution: int = 32  # only for the procedural 'shapes' dataset
+    train_limit: int = 0  # 0 = the whole split
+    test_limit: int = 0
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adamax"  # adamax | adamw | adam
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | constant
+    lr_min: float = 1e-4
+    schedule_steps: int = 0  # length of the cosine decay; 0 = max_steps
+    batch_size: int = 128
+    max_steps: int = 1000
+    grad_clip: float = 200.0  # clip the global gradient norm to this
+    skip_threshold: float = 0.0  # skip the update when the norm exceeds this (0 = never skip on size)
+    max_consecutive_skips: int = 50  # then stop with an error instead of freezing silently
+    ema_rate: float = 0.0  # 0 = no EMA; 0.999 keeps an exponential moving average of the weights
+    kl_warmup_steps: int = 0  # beta ramps linearly from kl_warmup_start to 1 over these steps
+    kl_warmup_start: float = 1e-4
+    free_bits: float = 0.0  # nats per latent group below which the KL is not penalised
+    kl_balancing: bool = False  # NVAE's per-group KL coefficients while beta < 1
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    grad_checkpointing: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 25
+    eval_every: int = 500
+    eval_batches: int = 20  # test batches per periodic evaluation (0 = the whole test set)
+    checkpoint_every: int = 250
+    sample_every: int = 500
+    num_samples: int = 64
+    sample_temperature: float = 1.0
+    quiet: bool = False
+    num_workers: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+MODEL_FAMILIES: dict[str, type[ModelConfig]] = {}
+
+
+def model_family(name: str):
+    """Class decorator: register a ModelConfig subclass under ``name``."""
+
+    def register(cls):
+        MODEL_FAMILIES[name] = cls
+        return cls
+
+    return register
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def _leaves(obj, prefix="") -> dict[str, tuple[Any, dataclasses.Field]]:
+    """Every leaf field as 'dotted.path' -> (owner object, field)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_leaves(value, f"{prefix}{f.name}."))
+        elif f.name != "family":
+            out[f"{prefix}{f.name}"] = (obj, f)
+    return out
+
+
+def valid_keys(config: Config) -> list[str]:
+    return sorted(_leaves(config))
+
+
+def _resolve(config: Config, key: str) -> tuple[str, Any, dataclasses.Field]:
+    leaves = _leaves(config)
+    if key in leaves:
+        return (key, *leaves[key])
+    matches = [path for path in leaves if path.rsplit(".", 1)[-1] == key]
+    if len(matches) == 1:
+        return (matches[0], *leaves[matches[0]])
+    if len(matches) > 1:
+        raise ConfigError(f"Config key {key!r} is ambiguous; write one of {', '.join(matches)}.")
+    raise ConfigError(f"Unknown config key {key!r}; valid keys are: {', '.join(sorted(leaves))}.")
+
+
+def _parse(text: str, annotation, path: str):
+    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing), {})  # noqa: S307
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint in (int, float, str):
+            return hint(text)
+        if origin is tuple:
+            args = typing.get_args(hint)
+            parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
+            item = args[0]
+            if len(args) != 2 or args[1] is not Ellipsis:
+                if len(parts) != len(args):
+                    raise ValueError
+            return tuple(item(p) for p in parts)
+        if origin in (typing.Union, types.UnionType):
+            for arg in typing.get_args(hint):
+                if arg is type(None):
+                    continue
+                return _parse(text, arg, path)
+    except ValueError:
+        pass
+    else:
+        raise ConfigError(f"Config key {path} has a type ({hint}) that --set cannot parse.")
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"Config key {path} expects a {name}, got {text!r}.")
+
+
+def override(config: Config, assignments: dict[str, Any] | list[str]) -> Config:
+    """A copy of ``config`` with ``{key: value}`` or ``["key=value", ...]`` applied, strictly."""
+    config = from_dict(to_dict(config))
+    if isinstance(assignments, list):
+        pairs = {}
+        for item in assignments:
+            if "=" not in item:
+                raise ConfigError(f"--set expects key=value, got {item!r}.")
+            key, value = item.split("=", 1)
+            pairs[key.strip()] = value
+        assignments = pairs
+    for key, value in assignments.items():
+        path, owner, f = _resolve(config, key)
+        if isinstance(value, str) and f.type not in (str, "str"):
+            value = _parse(value, f.type, path)
+        setattr(owner, f.name, value)
+    return config
+
+
+# ----------------------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(config: Config) -> dict:
+    """Plain nested dict of primitives (safe to store in a weights-only checkpoint)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(d: dict) -> Config:
+    from . import presets  # noqa: F401  (registers the model families)
+
+    family = d["model"].get("family", "")
+    if family not in MODEL_FAMILIES:
+        raise ConfigError(f"Unknown model family {family!r}; known families: {', '.join(sorted(MODEL_FAMILIES))}.")
+
+    def build(cls, values):
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(names)
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}; valid: {', '.join(names)}.")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**kwargs)
+
+    return Config(
+        model=build(MODEL_FAMILIES[family], d["model"]),
+        data=build(DataConfig, d.get("data", {})),
+        optim=build(OptimConfig, d.get("optim", {})),
+        run=build(RunConfig, d.get("run", {})),
+    )
+
+
+def describe(config: Config) -> str:
+    """The resolved config, one ``key = value`` per line (what ``DIR/config`` holds)."""
+    leaves = _leaves(config)
+    lines = [f"model.family = {config.model.family}"]
+    lines += [f"{path} = {getattr(owner, f.name)!r}" for path, (owner, f) in sorted(leaves.items())]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, tuple[str, Callable[[], Config]]] = {}
+
+
+def preset(preset_name: str, description: str, /, parent: str | None = None, **changes):
+    """Register a preset: a function returning a Config, or ``parent`` plus ``changes``."""
+
+    def register(fn: Callable[[], Config] | None = None):
+        if fn is None:
+            fn = lambda: override(get_preset(parent), changes)  # noqa: E731
+        PRESETS[preset_name] = (description, fn)
+        return fn
+
+    if parent is not None:
+        register()
+        return None
+    return register
+
+
+def get_preset(name: str) -> Config:
+    from . import presets  # noqa: F401  (registers the built-in presets)
+
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown preset {name!r}; available presets: {', '.join(sorted(PRESETS))}.")
+    return PRESETS[name][1]()
+
+
+def list_presets() -> list[tuple[str, str]]:
+    from . import presets  # noqa: F401
+
+    return [(name, desc) for name, (desc, _) in sorted(PRESETS.items())]
