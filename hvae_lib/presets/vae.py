@@ -1,13 +1,8 @@
-"""Named presets: ``python -m hvae_lib.train --list-presets`` prints them.
-
-Each family has a tiny CPU preset (seconds, for tests and smoke runs) and the sizes used in the
-chapters; paper-sized presets arrive with their models. Presets inherit: a child names its parent
-and the keys it changes.
-"""
+"""Presets of the Chapter 1 ConvVAE."""
 from __future__ import annotations
 
-from .config import Config, DataConfig, OptimConfig, RunConfig, preset
-from .models.vae import VAEConfig
+from ..config import Config, DataConfig, OptimConfig, RunConfig, preset
+from ..models.vae import VAEConfig
 
 
 @preset("vae_fashion", "Chapter 1 ConvVAE on Fashion-MNIST; the default of `make train` (about 4 minutes on 2 CPU cores)")

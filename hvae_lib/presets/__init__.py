@@ -1,0 +1,7 @@
+"""Named presets: ``python -m hvae_lib.train --list-presets`` prints them.
+
+Each model family registers its presets in its own module here: a tiny CPU preset (seconds, for
+tests and smoke runs), the sizes used in the chapters, and the paper sizes. Presets inherit: a
+child names its parent and the keys it changes (see :func:`hvae_lib.config.preset`).
+"""
+from . import vae  # noqa: F401
