@@ -43,7 +43,7 @@ sync: setup
 	$(PY) tools/notebooks.py sync
 
 refresh-solutions: setup
-	$(PY) tools/notebooks.py execute solutions/*.ipynb
+	$(PY) tools/notebooks.py execute solutions/*.py
 
 lab: setup
 	$(VENV)/bin/jupyter lab

@@ -1,0 +1,259 @@
+"""Build the course notebooks from their only hand-edited source, ``solutions/*.py``.
+
+    solutions/NN_name.py     jupytext py:percent, exercises marked for nbgrader   (edited by hand)
+    solutions/NN_name.ipynb  its pair, keeping the outputs of the last full run     (generated)
+    chapters/NN_name.py      the worksheet: solution regions cleared by nbgrader    (generated)
+    chapters/NN_name.ipynb   its pair, without outputs                              (generated)
+
+Commands, run from the repository root:
+
+    python tools/notebooks.py sync                  regenerate everything from solutions/*.py
+    python tools/notebooks.py check                 sync, then fail if git shows any change (CI)
+    python tools/notebooks.py execute FILE.ipynb..  refresh a solution notebook's outputs (full mode)
+
+Pairs are always rebuilt .py -> .ipynb, never by timestamp: after a clone every file has the
+same mtime, and jupytext's `--sync` could then overwrite a .py edit with a stale .ipynb.
+"""
+
+import argparse
+import copy
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jupytext
+import nbformat
+from jupytext.combine import combine_inputs_with_outputs
+from jupytext.config import load_jupytext_configuration_file
+from nbgrader.nbgraderformat import MetadataValidator, ValidationError
+from nbgrader.preprocessors import ClearSolutions
+
+ROOT = Path(__file__).resolve().parents[1]
+FMT = "py:percent"
+CELL_TIMEOUT_S = 1800  # full-mode training cells can take many minutes on a laptop CPU
+VOLATILE_CELL_METADATA = ("execution", "ExecuteTime")  # timestamps from nbclient / JupyterLab
+
+
+class PipelineError(Exception):
+    """A problem in a source file that the author must fix; printed without a traceback."""
+
+
+def load_config(root):
+    path = root / "jupytext.toml"
+    if not path.is_file():
+        raise PipelineError(f"{path} is missing; it fixes the formats and metadata filters of the pairs.")
+    return load_jupytext_configuration_file(str(path))
+
+
+def cell_name(cell, index):
+    """How an error message points at a cell: its grade_id, else its first line."""
+    grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+    first_line = cell.source.strip().split("\n")[0][:60]
+    return f"cell {index}" + (f" (grade_id {grade_id!r})" if grade_id else f" ({first_line!r})")
+
+
+def make_worksheet(nb, rel):
+    """Return a copy of ``nb`` with every solution region replaced by nbgrader's stub."""
+    clear = ClearSolutions(enforce_metadata=True)
+    # nbgrader matches its delimiters as plain substrings of any line, prose included, and
+    # silently deletes a line holding an END with no BEGIN before it: refuse both here.
+    begin, end = clear.begin_solution_delimeter, clear.end_solution_delimeter
+    for i, cell in enumerate(nb.cells):
+        lines = cell.source.split("\n")
+        n_begin, n_end = sum(begin in ln for ln in lines), sum(end in ln for ln in lines)
+        if cell.cell_type != "code" and n_begin + n_end:
+            raise PipelineError(
+                f"{rel}: {cell.cell_type} {cell_name(cell, i)} contains {begin!r} or {end!r}; "
+                "nbgrader treats these as solution markers even in prose. Reword it."
+            )
+        if n_end > n_begin:
+            raise PipelineError(f"{rel}: {cell_name(cell, i)} has an {end!r} line without its {begin!r}.")
+    try:
+        MetadataValidator().validate_nb(nb)  # missing or duplicate grade_id, bad schema
+    except ValidationError as err:
+        raise PipelineError(f"{rel}: invalid nbgrader metadata: {err}") from None
+
+    worksheet = copy.deepcopy(nb)
+    resources = {"language": worksheet.metadata.get("kernelspec", {}).get("language", "python")}
+    for i, cell in enumerate(worksheet.cells):  # cell by cell, so that an error can name its cell
+        try:
+            clear.preprocess_cell(cell, resources, i)
+        except RuntimeError as err:
+            raise PipelineError(f"{rel}: {cell_name(cell, i)}: {err} (nbgrader ClearSolutions)") from None
+    return worksheet
+
+
+def assign_ids(nb, old):
+    """Give ``nb`` the cell ids of ``old`` for matching cells, and index-derived ids otherwise.
+
+    jupytext gives every cell it reads a random id; deterministic ones make regeneration
+    byte-stable, and reusing the old ids keeps diffs small and JupyterLab state attached.
+    """
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i}"
+    if old is None:
+        return nb
+    merged = combine_inputs_with_outputs(copy.deepcopy(nb), old, fmt=FMT)
+    for cell, merged_cell in zip(nb.cells, merged.cells):
+        cell.id = merged_cell.get("id", cell.id)
+    taken = set()
+    for cell in nb.cells:  # an inserted cell's "cell-3" can clash with an old id kept elsewhere
+        base, n = cell.id, 1
+        while cell.id in taken:
+            cell.id, n = f"{base}-{n}", n + 1
+        taken.add(cell.id)
+    return nb
+
+
+def strip_volatile(nb):
+    for cell in nb.cells:
+        for key in VOLATILE_CELL_METADATA:
+            cell.metadata.pop(key, None)
+    return nb
+
+
+def paired_ipynb(nb, ipynb_path, config, keep_outputs):
+    """Text of the .ipynb paired with ``nb`` (just read from its .py)."""
+    nb = copy.deepcopy(nb)
+    old = nbformat.read(ipynb_path, as_version=4) if ipynb_path.exists() else None
+    assign_ids(nb, old)
+    if keep_outputs and old is not None:
+        # Outputs, execution counts and kernel metadata (language_info...) come from the old
+        # notebook for cells whose source did not change (jupytext's `--update` behaviour).
+        ids = [cell.id for cell in nb.cells]
+        nb = combine_inputs_with_outputs(nb, old, fmt=FMT)
+        for cell, cell_id in zip(nb.cells, ids):
+            cell.id = cell_id
+        strip_volatile(nb)
+    text = jupytext.writes(nb, fmt="ipynb", config=config)
+    return text if text.endswith("\n") else text + "\n"  # as nbformat.write and the jupytext CLI
+
+
+def write_if_changed(path, text, root, changed):
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    changed.append(path.relative_to(root).as_posix())
+    print(f"wrote {changed[-1]}")
+
+
+def sync(root):
+    """Regenerate worksheets and pairs from solutions/*.py. Return the paths that changed."""
+    config = load_config(root)
+    changed = []
+    sources = sorted((root / "solutions").glob("*.py"))
+    for ipynb in sorted((root / "solutions").glob("*.ipynb")):
+        if not ipynb.with_suffix(".py").exists():  # never delete what may be someone's only copy
+            raise PipelineError(
+                f"solutions/{ipynb.name} has no solutions/{ipynb.stem}.py to be built from: create it "
+                f"with `jupytext --to py:percent solutions/{ipynb.name}`, or delete the notebook."
+            )
+    for src in sources:
+        rel = src.relative_to(root).as_posix()
+        solution = jupytext.reads(src.read_text(encoding="utf-8"), fmt=FMT, config=config)
+        if "kernelspec" not in solution.metadata:  # without it nbval and Jupyter guess a kernel
+            raise PipelineError(f"{rel} has no kernelspec header; copy the `# ---` block of another chapter.")
+        worksheet = make_worksheet(solution, rel)
+        worksheet_text = jupytext.writes(worksheet, fmt=FMT, config=config)
+        chapter = root / "chapters" / src.name
+        write_if_changed(chapter, worksheet_text, root, changed)
+        # The worksheet pair is built from the .py text just written, exactly as the
+        # solution pair is built from its .py, so both pairs follow the same rules.
+        worksheet = jupytext.reads(worksheet_text, fmt=FMT, config=config)
+        for nb, py, keep in ((solution, src, True), (worksheet, chapter, False)):
+            ipynb = py.with_suffix(".ipynb")
+            write_if_changed(ipynb, paired_ipynb(nb, ipynb, config, keep), root, changed)
+
+    stems = {src.stem for src in sources}
+    for path in sorted((root / "chapters").glob("*")):
+        if path.suffix in (".py", ".ipynb") and path.stem not in stems:
+            path.unlink()
+            changed.append(path.relative_to(root).as_posix())
+            print(f"removed {changed[-1]} (no solutions/{path.stem}.py)")
+    return changed
+
+
+def git(root, *args):
+    result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+    if result.returncode > 1:  # 1 is `git diff --exit-code` reporting a difference
+        raise PipelineError(f"git {' '.join(args)} failed in {root}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def check(root):
+    """Sync, then demand a clean tree: the pairs and worksheets committed are those sync builds."""
+    sync(root)
+    paths = ("solutions", "chapters")
+    # `diff` lists changed tracked files; `status` adds the new untracked ones that diff misses.
+    dirty = set(git(root, "diff", "--exit-code", "--name-only", "--", *paths).split())
+    status = git(root, "status", "--porcelain", "--untracked-files=all", "--", *paths)
+    dirty |= {line[3:].strip('"') for line in status.splitlines()}
+    if dirty:
+        raise PipelineError(
+            f"Notebooks are out of sync with solutions/*.py: {', '.join(sorted(dirty))}. "
+            "Run `make sync` and commit the result."
+        )
+    print("Notebooks are in sync with solutions/*.py.")
+
+
+def execute(root, files):
+    """Rebuild each solution pair from its .py, run it top to bottom in full mode, save outputs."""
+    from nbclient import NotebookClient  # imported here: only `execute` needs a kernel
+    from nbclient.exceptions import CellExecutionError
+
+    config = load_config(root)
+    os.environ.pop("HVAE_SMOKE", None)  # the kernel inherits our environment: run in full mode
+    for name in files:
+        py = (root / name).resolve().with_suffix(".py")
+        if py.parent != (root / "solutions").resolve() or not py.exists():
+            raise PipelineError(f"{name}: `execute` takes solution notebooks, solutions/NN_name.ipynb.")
+        ipynb = py.with_suffix(".ipynb")
+        source = jupytext.reads(py.read_text(encoding="utf-8"), fmt=FMT, config=config)
+        nb = nbformat.reads(paired_ipynb(source, ipynb, config, keep_outputs=True), as_version=4)
+        start = time.perf_counter()
+        client = NotebookClient(
+            nb,
+            timeout=CELL_TIMEOUT_S,
+            resources={"metadata": {"path": str(py.parent)}},  # run where the notebook lives
+            record_timing=False,
+            store_widget_state=False,  # widget state is random model ids: noise in every diff
+        )
+        rel = ipynb.relative_to(root).as_posix()
+        try:
+            client.execute()
+        except CellExecutionError as err:
+            raise PipelineError(f"{rel} failed; its outputs were not saved.\n{err}") from None
+        nbformat.write(strip_volatile(nb), ipynb)
+        print(f"executed {rel} in {time.perf_counter() - start:.1f} s")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=ROOT, help="repository root (default: %(default)s)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("sync", help="regenerate chapters/ and all .ipynb pairs from solutions/*.py")
+    commands.add_parser("check", help="sync, then fail if git shows changes in solutions/ or chapters/")
+    run = commands.add_parser("execute", help="re-run solution notebooks in full mode, keeping outputs")
+    run.add_argument("files", nargs="+", help="solutions/NN_name.ipynb (or .py), relative to the root")
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    try:
+        if args.command == "sync":
+            changed = sync(root)
+            if not changed:
+                print("Nothing to do: notebooks already match solutions/*.py.")
+        elif args.command == "check":
+            check(root)
+        else:
+            execute(root, args.files)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
