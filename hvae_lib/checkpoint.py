@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +29,15 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
-    """torch.save to a temp file beside ``path``, fsync it, then atomically replace ``path``."""
+    """torch.save to a temp file beside ``path``, fsync it, then atomically replace ``path``.
+
+    A writer killed mid-save (``kill -9``) leaves its temp file behind; the next save removes such
+    leftovers, so at most one accumulates. Only one process may write a given ``path`` at a time.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -54,24 +62,32 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}; pass the checkpoint.pt written by `python -m hvae_lib.train`.")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it better
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if not found:  # junk bytes or a bare pickle stream: not a torch.save file at all
+            raise _unreadable(path, err) from None
         raise CheckpointError(
-            f"Refused to load {path}: it holds pickled Python objects that a weights-only load does not "
-            f"allow ({first[:120]}), so nothing in it was run; only checkpoints written by hvae_lib are accepted."
+            f"Refused to load {path}: it holds a pickled Python object ({found.group(1)}) that a weights-only load "
+            f"does not allow, so nothing in it was run; only checkpoints written by hvae_lib are accepted."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"Could not read {path} as a checkpoint ({type(err).__name__}); the file is corrupted or not a "
-            f"PyTorch file. Delete it to start afresh or point to another checkpoint."
-        ) from None
+    except Exception as err:  # torch.load fails on junk with RuntimeError, EOFError, KeyError, ...
+        raise _unreadable(path, err) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is a PyTorch file but not an hvae_lib checkpoint (no '{FORMAT}' marker); "
             f"train with `python -m hvae_lib.train` to make one."
         )
     return ckpt
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"Could not read {path} as a checkpoint ({type(err).__name__}); the file is corrupted or not a "
+        f"PyTorch file, so delete it to start afresh or point to another checkpoint."
+    )
 
 
 def rng_state() -> dict:

@@ -159,8 +159,44 @@ def _parse(text: str, annotation, path: str):
         pass
     else:
         raise ConfigError(f"Config key {path} has a type ({hint}) that --set cannot parse.")
-    name = getattr(hint, "__name__", str(hint))
-    raise ConfigError(f"Config key {path} expects a {name}, got {text!r}.")
+    name = str(hint) if origin is not None else getattr(hint, "__name__", str(hint))  # 'tuple[float, float]'
+    raise ConfigError(f"Config key {path} expects {'an' if name[0] in 'aeiou' else 'a'} {name}, got {text!r}.")
+
+
+def _check_value(value, annotation, path: str):
+    """A Python value given in code (a preset) checked against the field's type: an int may stand
+    for a float and a list for a tuple; anything else of the wrong type is an error."""
+    try:
+        hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing), {})  # noqa: S307
+    except NameError:  # an annotation naming a type defined elsewhere: left to the model to check
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+    elif hint not in (bool, int, float, str) or type(value) is hint:
+        return value
+    name = str(hint) if typing.get_origin(hint) else hint.__name__
+    raise ConfigError(f"Config key {path} expects {'an' if name == 'int' else 'a'} {name}, got {value!r}.")
+
+
+CHOICES = {
+    "optim.optimizer": ("adamax", "adamw", "adam"),
+    "optim.schedule": ("cosine", "constant"),
+    "run.precision": ("fp32", "bf16", "fp16"),
+    "run.device": ("auto", "cpu", "cuda", "cuda:<index>"),
+}
+
+
+def validate(config: Config) -> None:
+    """Raise a ConfigError when a key with a fixed set of values (see CHOICES) holds another value."""
+    for path, allowed in CHOICES.items():
+        section, name = path.split(".")
+        value = getattr(getattr(config, section), name)
+        ok = value in allowed or (path == "run.device" and value.startswith("cuda:") and value[5:].isdigit())
+        if not ok:
+            raise ConfigError(f"Config key {path} must be one of {', '.join(allowed)}, got {value!r}.")
 
 
 def override(config: Config, assignments: dict[str, Any] | list[str]) -> Config:
@@ -178,7 +214,8 @@ def override(config: Config, assignments: dict[str, Any] | list[str]) -> Config:
         path, owner, f = _resolve(config, key)
         if isinstance(value, str) and f.type not in (str, "str"):
             value = _parse(value, f.type, path)
-        setattr(owner, f.name, value)
+        setattr(owner, f.name, _check_value(value, f.type, path))
+    validate(config)
     return config
 
 

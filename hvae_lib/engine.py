@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
-from .config import Config, ConfigError, describe, from_dict, to_dict
+from .config import Config, ConfigError, describe, from_dict, to_dict, validate
 from .data import DatasetInfo, load_dataset
 from .kl_control import kl_objective, kl_warmup_beta
 from .objectives import elbo, nats_to_bpd
@@ -49,13 +50,19 @@ def resolve_device(name: str) -> torch.device:
 def load_data(config: Config):
     """The train/test datasets the config names (limits of 0 mean the whole split)."""
     d = config.data
-    return load_dataset(d.name, d.root or None, train_limit=d.train_limit or None,
-                        test_limit=d.test_limit or None, resolution=d.resolution, seed=config.run.seed)
+    try:
+        return load_dataset(d.name, d.root or None, train_limit=d.train_limit or None,
+                            test_limit=d.test_limit or None, resolution=d.resolution, seed=config.run.seed)
+    except ValueError as err:  # the loader's one-sentence complaint about data.* keys
+        raise ConfigError(str(err)) from None
 
 
 def build_model(config: Config, info: DatasetInfo):
     """A freshly initialised model for ``config`` on data described by ``info``."""
-    return config.model.build(tuple(info.image_shape), info.bits, info.likelihood)
+    try:
+        return config.model.build(tuple(info.image_shape), info.bits, info.likelihood)
+    except ValueError as err:  # a model's one-sentence complaint about its hyperparameters
+        raise ConfigError(str(err)) from None
 
 
 def build_data_and_model(config: Config):
@@ -122,19 +129,23 @@ class Trainer:
         self.is_main = self.rank == 0
         ckpt_path = self.out / "checkpoint.pt"
         saved = ckpt_io.load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+        validate(config)
         if saved is not None:
             self._check_compatible(saved, config)
         self.config = c = config
-        if c.run.precision not in PRECISIONS:
-            raise ConfigError(f"run.precision={c.run.precision!r} is not one of {', '.join(PRECISIONS)}.")
         torch.manual_seed(c.run.seed)
         self.device = resolve_device(c.run.device)
         self.data, model = build_data_and_model(c)
         self.info = self.data.info
+        if saved is not None:
+            self._check_compatible(saved, config, self.info)
+        if self.world > 1:  # the same weights everywhere (DDP broadcasts them), independent z noise per rank
+            torch.manual_seed(c.run.seed + self.rank)
         model.grad_checkpointing = c.run.grad_checkpointing
         self.model = model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if c.optim.ema_rate > 0 else None
-        self.ddp = DistributedDataParallel(self.model) if self.world > 1 else self.model
+        ddp_devices = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(self.model, device_ids=ddp_devices) if self.world > 1 else self.model
         self.optimizer = make_optimizer(self.model.parameters(), c.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, c.optim))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.run.precision == "fp16")
@@ -144,12 +155,21 @@ class Trainer:
             self._restore(saved)
 
     # ------------------------------------------------------------------ state
-    def _check_compatible(self, saved: dict, config: Config) -> None:
-        old = from_dict(saved["config"])
-        if to_dict(old)["model"] != to_dict(config)["model"] or to_dict(old)["data"]["name"] != config.data.name:
+    def _check_compatible(self, saved: dict, config: Config, info: DatasetInfo | None = None) -> None:
+        """Refuse, in one sentence naming the keys, a checkpoint of another model, optimiser or data."""
+        old, new = to_dict(from_dict(saved["config"])), to_dict(config)
+        if info is None:  # before loading data: the keys that fix the weights' and optimiser state's shapes
+            pairs = {f"model.{k}": (old["model"].get(k), new["model"].get(k)) for k in old["model"] | new["model"]}
+            pairs["data.name"] = (old["data"]["name"], new["data"]["name"])
+            pairs["optim.optimizer"] = (old["optim"]["optimizer"], new["optim"]["optimizer"])
+        else:  # after: the image shape and bit depth the data gives
+            pairs = {f"data {k}": (saved["data_info"].get(k), v) for k, v in dataclasses.asdict(info).items()}
+        diffs = [f"{key}={a!r} there but {b!r} here" for key, (a, b) in sorted(pairs.items())
+                 if (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b)]
+        if diffs:
             raise ckpt_io.CheckpointError(
-                f"{self.out / 'checkpoint.pt'} was trained with another model or dataset "
-                f"({old.model.family} on {old.data.name}); use a fresh --out folder, or the same preset and model keys."
+                f"{self.out / 'checkpoint.pt'} comes from another model or config ({'; '.join(diffs)}), so this "
+                f"run cannot resume it: use the same preset and keys, or a fresh --out folder (or --fresh)."
             )
 
     def state_dict(self) -> dict:
@@ -173,11 +193,12 @@ class Trainer:
     def _restore(self, saved: dict) -> None:
         try:
             self.model.load_state_dict(saved["model"])
-            if self.ema is not None and saved.get("ema") is not None:
-                self.ema.load_state_dict(saved["ema"])
+            if self.ema is not None:  # a run that turns EMA on starts its average at the resumed weights
+                self.ema.load_state_dict(saved["ema"] if saved.get("ema") is not None else saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])
             self.scheduler.load_state_dict(saved["scheduler"])
-            self.scaler.load_state_dict(saved["scaler"])
+            if saved["scaler"] and self.scaler.is_enabled():  # empty when saved without fp16
+                self.scaler.load_state_dict(saved["scaler"])
         except (RuntimeError, KeyError, ValueError) as err:
             raise ckpt_io.CheckpointError(
                 f"{self.out / 'checkpoint.pt'} does not fit this model ({str(err).splitlines()[0][:150]}); "
@@ -239,14 +260,19 @@ class Trainer:
             self.scaler.update()
             self.consecutive_skips = 0
             self._update_ema()
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped first update makes torch warn about the call order
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
         self.step += 1
         if self.consecutive_skips >= o.max_consecutive_skips:
+            ckpt = self.out / "checkpoint.pt"
+            where = (f"{ckpt} still holds the last good weights" if ckpt.exists()
+                     else "no checkpoint was written before the skips began")
             raise TrainingError(
-                f"The last {self.consecutive_skips} updates were all skipped (loss {loss.item():.4g}, gradient "
-                f"norm {grad_norm.item():.4g}, skip_threshold {o.skip_threshold}); the model is not learning. "
-                f"Raise --set skip_threshold (0 disables size-based skipping), lower --set lr, or check the data "
-                f"for NaNs. The last good checkpoint is in {self.out}."
+                f"Stopped after {self.consecutive_skips} updates in a row were skipped (loss {loss.item():.4g}, "
+                f"gradient norm {grad_norm.item():.4g}, skip_threshold {o.skip_threshold:g}): raise --set "
+                f"skip_threshold above the usual gradient norm (0 turns size-based skipping off), lower --set lr, "
+                f"or look for NaNs in the data; {where}."
             )
         return {
             "loss": loss.item(), "recon": terms.recon.item(), "kl": terms.kl.item(),
@@ -312,7 +338,7 @@ class Trainer:
     def fit(self) -> dict:
         c, r = self.config, self.config.run
         self.out.mkdir(parents=True, exist_ok=True)
-        logger = _Logger(self.out, enabled=self.is_main)
+        logger = _Logger(self.out, enabled=self.is_main, resume_step=self.step)
         if self.is_main:
             (self.out / "config").write_text(describe(c))
         bar = tqdm(total=c.optim.max_steps, initial=self.step, disable=r.quiet or not self.is_main,
@@ -362,17 +388,27 @@ class Trainer:
 
 
 class _Logger:
-    """metrics.jsonl (one JSON object per line) and TensorBoard events, on the main process only."""
+    """metrics.jsonl (one JSON object per line) and TensorBoard events, on the main process only.
 
-    def __init__(self, out: Path, enabled: bool):
+    A run resumed at step s first drops the records after s (written after the checkpoint by a run
+    that was killed, or by an earlier run in the folder when starting fresh), so every step is
+    logged once; TensorBoard does the same with ``purge_step``.
+    """
+
+    def __init__(self, out: Path, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
-        self.file = open(out / "metrics.jsonl", "a") if enabled else None
-        self.tb = None
+        self.file, self.tb = None, None
         if enabled:
+            path = out / "metrics.jsonl"
+            if path.exists():
+                kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
+                (tmp := out / ".metrics.jsonl.tmp").write_text("".join(line + "\n" for line in kept))
+                os.replace(tmp, path)
+            self.file = open(path, "a")
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out / "tensorboard"))
+                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
             except ImportError:  # tensorboard is a declared dependency; stay useful without it
                 self.tb = None
 
@@ -393,3 +429,11 @@ class _Logger:
             self.file.close()
             if self.tb is not None:
                 self.tb.close()
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a line cut short by a crash, so it is dropped."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf

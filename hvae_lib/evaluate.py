@@ -64,11 +64,13 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seeds the z samples, so a rerun prints the same numbers")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it goes to stderr anyway)")
     args = p.parse_args(argv)
     try:
         from .engine import load_data
 
+        torch.manual_seed(args.seed)
         model, config, info = load_model(args.checkpoint, args.device)
         data = load_data(config)
         dataset = data.test if args.split == "test" else data.train

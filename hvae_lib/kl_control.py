@@ -19,7 +19,7 @@ import torch
 
 def kl_warmup_beta(step: int, warmup_steps: int, start: float = 1e-4) -> float:
     """beta(step): linear from ``start`` to 1 over ``warmup_steps`` (1 when warm-up is off)."""
-    if warmup_steps <= 0:
+    if step >= warmup_steps:  # exactly 1 (the formula rounds to 1 - 1e-16), which also ends balancing
         return 1.0
     return float(min(1.0, start + (1 - start) * step / warmup_steps))
 

@@ -1,0 +1,103 @@
+"""Step time and activation memory of the training engine on this CPU, for the Chapter 1 model.
+
+    .venv/bin/python benchmarks/engine_cpu.py [--threads N] [--steps 20] [--batch-size 128]
+
+The model is the ``vae_fashion`` preset's ConvVAE on 1x28x28 8-bit inputs (random images of the
+right shape and grid, so no dataset is needed), trained by the engine's own ``Trainer.train_step``
+(autocast, backward, clipping, skip check, Adamax). Step time: median over ``--steps`` steps after
+3 warm-up steps. Activation memory: bytes the autograd graph saves for backward in one training
+forward (``torch.autograd.graph.saved_tensors_hooks``), each distinct storage counted once; with
+grad checkpointing, what the checkpointed blocks recompute is not saved. Prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+from hvae_lib import engine
+from hvae_lib.config import get_preset, override
+from hvae_lib.data import Datasets, DatasetInfo, ImageDataset
+
+SETTINGS = {"fp32": [], "bf16": ["precision=bf16"], "fp32 + grad checkpointing": ["grad_checkpointing=true"]}
+
+
+def random_fashion_like(n: int, seed: int = 0) -> Datasets:
+    """n random 8-bit 1x28x28 images standing in for Fashion-MNIST (same shape, grid and likelihood)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)  # (N, C, H, W)
+    split = ImageDataset(images, torch.zeros(n, dtype=torch.long))
+    return Datasets(split, split, DatasetInfo("fashion_mnist", (1, 28, 28), 8, "logistic_mixture", 784))
+
+
+def saved_bytes(trainer: engine.Trainer, x: torch.Tensor) -> int:
+    """Bytes saved for backward by one training forward and loss, each storage counted once."""
+    storages: dict[int, torch.UntypedStorage] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage  # held, so no later tensor reuses the address
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _, _ = trainer.loss(x, trainer.step)
+    loss.backward()  # release the graph as a real step would
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return sum(s.nbytes() for s in storages.values())
+
+
+def build(assignments: list[str], batch_size: int, steps: int) -> engine.Trainer:
+    config = override(get_preset("vae_fashion"), [f"batch_size={batch_size}", "device=cpu", "quiet=true", *assignments])
+    engine.load_data = lambda c: random_fashion_like(batch_size * (steps + 4))  # the engine's data hook
+    trainer = engine.Trainer(config, tempfile.mkdtemp(prefix="engine_cpu_"), resume=False)
+    trainer.model.train()
+    return trainer
+
+
+def measure(batch_size: int, steps: int) -> dict[str, dict]:
+    """Per setting: median step time and saved bytes. The settings take turns step by step, so a
+    burst of load from other processes on a shared machine hits all of them alike."""
+    trainers = {name: build(extra, batch_size, steps) for name, extra in SETTINGS.items()}
+    memory = {name: saved_bytes(t, t.batches.get(0)) for name, t in trainers.items()}
+    for t in trainers.values():
+        for _ in range(3):  # warm-up: allocator, oneDNN kernels
+            t.train_step()
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(steps):
+        for name, t in trainers.items():
+            t0 = time.perf_counter()
+            t.train_step()
+            times[name].append(time.perf_counter() - t0)
+    rows = {}
+    for name, t in trainers.items():
+        median = statistics.median(times[name])
+        rows[name] = {"step_ms": 1000 * median, "img_s": batch_size / median, "saved_mib": memory[name] / 2**20,
+                      "params": sum(p.numel() for p in t.model.parameters())}
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = measure(args.batch_size, args.steps)
+    base = rows["fp32"]
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"ConvVAE (vae_fashion: {base['params']:,} parameters), batch {args.batch_size} of 1x28x28, "
+          f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average {load}\n")
+    print("| setting | step time (ms, median) | images/s | saved for backward (MiB) | vs fp32 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['step_ms']:.0f} | {r['img_s']:.0f} | {r['saved_mib']:.1f} | "
+              f"{r['step_ms'] / base['step_ms']:.2f}x time, {r['saved_mib'] / base['saved_mib']:.2f}x memory |")
+
+
+if __name__ == "__main__":
+    main()
