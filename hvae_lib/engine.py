@@ -29,6 +29,7 @@ from .data import DatasetInfo, load_dataset
 from .kl_control import kl_objective, kl_warmup_beta
 from .objectives import elbo, nats_to_bpd
 from .plotting import save_grid
+from .run_log import GlobalBatches, RunLog
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -88,35 +89,6 @@ def make_optimizer(params, optim) -> torch.optim.Optimizer:
         raise ConfigError(f"optim.optimizer={optim.optimizer!r} is not one of {', '.join(kinds)}.")
     return kinds[optim.optimizer](params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                   weight_decay=optim.weight_decay)
-
-
-class GlobalBatches:
-    """Batch ``step`` of training = a fixed slice of a seeded per-epoch permutation.
-
-    Because the batch is a function of (seed, step) alone, resuming at step s replays exactly the
-    batches the uninterrupted run would have seen. Under DDP every rank takes its share
-    (rank::world) of the same global batch.
-    """
-
-    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        if batch_size % world:
-            raise ConfigError(f"optim.batch_size={batch_size} must be divisible by the {world} processes.")
-        self.dataset, self.batch_size, self.seed, self.rank, self.world = dataset, batch_size, seed, rank, world
-        self.per_epoch = len(dataset) // batch_size
-        if self.per_epoch == 0:
-            raise ConfigError(f"optim.batch_size={batch_size} exceeds the {len(dataset)} training images.")
-        self._epoch, self._perm = -1, None
-
-    def indices(self, step: int) -> list[int]:
-        epoch, i = divmod(step, self.per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(len(self.dataset), generator=g)
-        batch = self._perm[i * self.batch_size:(i + 1) * self.batch_size]
-        return batch[self.rank::self.world].tolist()
-
-    def get(self, step: int) -> torch.Tensor:
-        return torch.stack([self.dataset[j][0] for j in self.indices(step)])  # (B, C, H, W)
 
 
 class Trainer:
@@ -302,7 +274,7 @@ class Trainer:
         model = self.eval_model
         was_training = model.training
         model.eval()
-        total, count = torch.zeros(2, device=self.device), 0
+        total = torch.zeros(2, device=self.device)  # (sum of -ELBO, images)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(1234 + self.rank)
             n = len(self.data.test)
@@ -338,7 +310,7 @@ class Trainer:
     def fit(self) -> dict:
         c, r = self.config, self.config.run
         self.out.mkdir(parents=True, exist_ok=True)
-        logger = _Logger(self.out, enabled=self.is_main, resume_step=self.step)
+        logger = RunLog(self.out, enabled=self.is_main, resume_step=self.step)
         if self.is_main:
             (self.out / "config").write_text(describe(c))
         bar = tqdm(total=c.optim.max_steps, initial=self.step, disable=r.quiet or not self.is_main,
@@ -385,55 +357,3 @@ class Trainer:
                       kl_weight=window[-1]["kl_weight"],
                       images_per_s=sum(w["images"] for w in window) / max(float(extra[1]), 1e-9))
         return record
-
-
-class _Logger:
-    """metrics.jsonl (one JSON object per line) and TensorBoard events, on the main process only.
-
-    A run resumed at step s first drops the records after s (written after the checkpoint by a run
-    that was killed, or by an earlier run in the folder when starting fresh), so every step is
-    logged once; TensorBoard does the same with ``purge_step``.
-    """
-
-    def __init__(self, out: Path, enabled: bool, resume_step: int = 0):
-        self.enabled = enabled
-        self.file, self.tb = None, None
-        if enabled:
-            path = out / "metrics.jsonl"
-            if path.exists():
-                kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
-                (tmp := out / ".metrics.jsonl.tmp").write_text("".join(line + "\n" for line in kept))
-                os.replace(tmp, path)
-            self.file = open(path, "a")
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
-            except ImportError:  # tensorboard is a declared dependency; stay useful without it
-                self.tb = None
-
-    def write(self, record: dict, step: int) -> None:
-        if not self.enabled:
-            return
-        record = {"step": step, **record}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            split = record.get("split", "train")
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(f"{split}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.file.close()
-            if self.tb is not None:
-                self.tb.close()
-
-
-def _step_of(line: str) -> float:
-    """The step of a metrics.jsonl line; infinity for a line cut short by a crash, so it is dropped."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf

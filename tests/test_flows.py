@@ -1,5 +1,4 @@
 """The IAF cells of "NVAE w/ flow" (Chapter 4): masks make Jacobians triangular, log-dets are exact."""
-import math
 
 import pytest
 import torch
