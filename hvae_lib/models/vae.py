@@ -69,12 +69,15 @@ class ConvVAE(LatentVariableModel):
             h = self.checkpointed(block, h)
         return DiagonalGaussian.from_params(self.to_posterior(h.flatten(1)))  # (B, Z) each
 
-    def decode(self, z: torch.Tensor):
-        """p(x|z): the likelihood distribution for latents z of shape (B, Z)."""
+    def decoder_features(self, z: torch.Tensor) -> torch.Tensor:
         h = self.from_latent(z).view(z.shape[0], *self.bottom)  # (B, C', H', W')
         for block in self.decoder:
             h = self.checkpointed(block, h)
-        return self.head(h)
+        return h  # (B, C, H, W)
+
+    def decode(self, z: torch.Tensor):
+        """p(x|z): the likelihood distribution for latents z of shape (B, Z)."""
+        return self.head(self.decoder_features(z))
 
     def prior(self, n: int, device=None) -> DiagonalGaussian:
         return DiagonalGaussian.standard((n, self.latent_dim), device=device)
@@ -83,10 +86,15 @@ class ConvVAE(LatentVariableModel):
         q = self.encode(x)
         p = self.prior(x.shape[0], x.device)
         z = q.rsample()  # (B, Z)
-        px = self.decode(z)
+        h = self.decoder_features(z)
+        px = self.head(h)
+        if self.grad_checkpointing:  # the mixture's log-prob holds a quarter of the activations: recompute it too
+            log_px = self.checkpointed(lambda h, x: self.head(h).log_prob(x), h, x)  # (B,)
+        else:
+            log_px = px.log_prob(x)
         kl = q.kl(p).sum(dim=1, keepdim=True)  # (B, 1): one latent group
         log_ratio = sum_except_batch(q.log_prob(z) - p.log_prob(z))  # (B,)
-        return ModelOutput(px.log_prob(x), kl, log_ratio, px, extras={"posterior": q, "z": z})
+        return ModelOutput(log_px, kl, log_ratio, px, extras={"posterior": q, "z": z})
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, device=None) -> torch.Tensor:
