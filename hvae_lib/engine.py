@@ -202,7 +202,8 @@ class Trainer:
             out = self.ddp(x)
         terms = elbo(out, self.info.num_dims)
         beta = kl_warmup_beta(step, o.kl_warmup_steps, o.kl_warmup_start)
-        sizes = (out.extras or {}).get("group_sizes")
+        extras = out.extras or {}
+        sizes = extras.get("kl_balance_alpha", extras.get("group_sizes"))  # NVAE's per-group prior weights
         kl_term = kl_objective(out.kl_per_group, beta, o.free_bits, o.kl_balancing, sizes)
         regulariser = self.model.regularization(step) if hasattr(self.model, "regularization") else 0.0
         return terms.recon + kl_term + regulariser, terms, beta

@@ -19,6 +19,9 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", type=float, default=1.0, help="scales every prior sigma (t <= 1 is smoother)")
     p.add_argument("--out", default="samples.png")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--readjust-bn", type=int, default=0, metavar="PASSES",
+                   help="re-estimate BatchNorm statistics on PASSES sampling passes at this temperature "
+                        "first (NVAE's trick; 0 = use the running statistics)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.n < 1 or args.temperature <= 0:
@@ -32,7 +35,13 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
-    save_grid(model.sample(args.n, temperature=args.temperature), args.out)
+    if args.readjust_bn > 0:
+        from .bn_readjust import sample_with_readjusted_bn
+
+        images = sample_with_readjusted_bn(model, args.n, args.temperature, num_passes=args.readjust_bn)
+    else:
+        images = model.sample(args.n, temperature=args.temperature)
+    save_grid(images, args.out)
     print(f"wrote {args.n} samples at temperature {args.temperature} to {args.out}")
     return 0
 

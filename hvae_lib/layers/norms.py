@@ -1,0 +1,90 @@
+"""NVAE's normalisation layers: BatchNorm with momentum 0.05, its max-|gamma| regulariser, and
+weight-normalised convolutions (Chapter 3, "taming the batch norm"; Chapter 4, "spectral
+regularisation").
+
+BN momentum: PyTorch's default 0.1 lets the running statistics lag behind the batch statistics
+the network was trained on; NVAE uses 0.05 with the regulariser below and re-estimates the
+statistics before sampling (see :mod:`hvae_lib.bn_readjust`).
+"""
+from __future__ import annotations
+
+import contextvars
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+BN_MOMENTUM = 0.05
+BN_EPS = 1e-5
+
+# True while a gradient-checkpointed block is being recomputed in the backward pass.
+_running_stats_frozen = contextvars.ContextVar("hvae_bn_running_stats_frozen", default=False)
+
+
+@contextmanager
+def frozen_running_stats():
+    """Within the block, BatchNorm2d layers in train mode normalise with batch statistics as usual
+    but leave their running statistics alone (a checkpointed block recomputed in the backward pass
+    must not count its batch twice)."""
+    token = _running_stats_frozen.set(True)
+    try:
+        yield
+    finally:
+        _running_stats_frozen.reset(token)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d with NVAE's momentum 0.05 that respects :func:`frozen_running_stats`."""
+
+    def __init__(self, channels: int, momentum: float = BN_MOMENTUM, eps: float = BN_EPS):
+        super().__init__(channels, eps=eps, momentum=momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and _running_stats_frozen.get():
+            # Throw-away copies take the update, so the op (and what autograd saves) is unchanged.
+            mean, var = self.running_mean.clone(), self.running_var.clone()
+            return F.batch_norm(x, mean, var, self.weight, self.bias, True, self.momentum or 0.0, self.eps)
+        return super().forward(x)
+
+
+def batchnorm_layers(module: nn.Module) -> list[_BatchNorm]:
+    """Every BatchNorm layer under ``module``, in module order."""
+    return [m for m in module.modules() if isinstance(m, _BatchNorm)]
+
+
+def bn_regularizer(layers: list[_BatchNorm]) -> torch.Tensor:
+    """NVAE's BN regulariser: sum over affine BN layers of max_c |gamma_c| (Chapter 4).
+
+    It stops any single channel's scale from growing large, which would amplify the mismatch
+    between batch statistics (training) and running statistics (evaluation).
+    """
+    terms = [layer.weight.float().abs().max() for layer in layers if layer.affine]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()
+
+
+class WNConv2d(nn.Conv2d):
+    """Weight-normalised convolution: W = exp(log_g) * V / ||V||, one norm per output channel
+    (Salimans & Kingma 2016; NVAE's ``Conv2D``, Chapter 3).
+
+    ``log_weight_norm`` (C_out, 1, 1, 1) starts at log(||V|| + 0.01), so at initialisation W is
+    V up to that small offset. Padding defaults to "same" for odd kernels.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, padding: int | None = None,
+                 groups: int = 1, bias: bool = True):
+        padding = kernel_size // 2 if padding is None else padding
+        super().__init__(c_in, c_out, kernel_size, stride=stride, padding=padding, groups=groups, bias=bias)
+        init = self.weight.detach().flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # (C_out, 1, 1, 1)
+        self.log_weight_norm = nn.Parameter(torch.log(init + 1e-2))
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the convolution applies: exp(log_g) * V / (||V|| + 1e-5)."""
+        norm = self.weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # (C_out, 1, 1, 1)
+        return self.log_weight_norm.exp() * self.weight / (norm + 1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.effective_weight(), self.bias)

@@ -1,0 +1,116 @@
+"""Parts of the NVAE model (Chapter 3): the group layout, one top-down latent group, the output head.
+
+Kept apart from :mod:`hvae_lib.models.nvae` so each file stays one concept: this one says what a
+latent group *is* (its cells, prior, posterior and combiners), that one runs the towers.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import GenerativeCell, WNConv2d
+from ..likelihoods import Bernoulli, DiscretizedLogisticMixture, LikelihoodHead
+
+
+def groups_per_scale(num_scales: int, num_groups: int, adaptive: bool, minimum: int = 1) -> list[int]:
+    """Latent groups at each scale, highest resolution first (NVAE's ``--num_groups_per_scale``).
+
+    Equal (``adaptive=False``): ``num_groups`` everywhere. Adaptive (``--ada_groups``): the highest
+    resolution gets ``num_groups`` and every coarser scale half as many, never below ``minimum``.
+    """
+    groups, n = [], num_groups
+    for _ in range(num_scales):
+        groups.append(n)
+        if adaptive:
+            n = max(minimum, n // 2)
+    return groups
+
+
+def flow_cells(num_flows: int, z_channels: int, context_channels: int) -> nn.ModuleList:
+    """``num_flows`` paired IAF cells for one group (Chapter 4, "flows"); empty when num_flows = 0."""
+    if num_flows == 0:
+        return nn.ModuleList()
+    try:
+        from ..flows import PairedIAF
+    except ImportError as err:  # flows.py is a separate module of the library
+        raise ImportError(f"num_flows={num_flows} needs hvae_lib/flows.py (PairedIAF), which failed to import "
+                          f"({err}); set num_flows=0 to train NVAE without flows.") from None
+    return nn.ModuleList(PairedIAF(z_channels, context_channels, 6 * z_channels) for _ in range(num_flows))
+
+
+class TopDownGroup(nn.Module):
+    """One latent group of the top-down tower (Chapter 3, Fig. 2 of the paper).
+
+    In order: ``cells`` (generative cells; none for the top group), the prior p(z_l | z_<l) =
+    ``prior(s)`` (ELU-Conv1x1; the top group's prior is N(0, I) instead), the encoder feature
+    ``enc_combiner(e_l, s)`` = e_l + Conv1x1(s) that makes the posterior depend on z_<l too, the
+    posterior's raw corrections ``posterior(feature)`` (Conv3x3), optional flows, and
+    ``dec_combiner([s, z])`` (Conv1x1) that feeds z back into the state; ``up`` (an up cell) ends
+    a scale.
+    """
+
+    def __init__(self, c_dec: int, c_enc: int, z_channels: int, num_cells: int, is_top: bool, upsample: bool,
+                 num_flows: int = 0, flow_context: bool = False, use_se: bool = True):
+        super().__init__()
+        self.is_top = is_top
+        self.cells = nn.ModuleList(GenerativeCell(c_dec, use_se=use_se) for _ in range(0 if is_top else num_cells))
+        self.prior = None if is_top else nn.Sequential(nn.ELU(), WNConv2d(c_dec, 2 * z_channels, 1))
+        self.enc_combiner = None if is_top else WNConv2d(c_dec, c_enc, 1)
+        self.posterior = WNConv2d(c_enc, 2 * z_channels, 3)
+        self.flows = flow_cells(num_flows, z_channels, c_enc if flow_context else 0)
+        self.flow_context = flow_context
+        self.dec_combiner = WNConv2d(c_dec + z_channels, c_dec, 1)
+        self.up = GenerativeCell(c_dec, upsample=True, use_se=use_se) if upsample else None
+
+    def encoder_feature(self, enc: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The feature the posterior reads: e_l + Conv1x1(s) (the top group reads e_top alone)."""
+        return enc if self.enc_combiner is None else enc + self.enc_combiner(s)
+
+    def apply_flows(self, z: torch.Tensor, feature: torch.Tensor):
+        """z after the flows and the summed log|det| (B,), float32."""
+        log_det = torch.zeros(z.shape[0], device=z.device)
+        context = feature if self.flow_context else None
+        for flow in self.flows:
+            z, ld = flow(z, context)
+            z, log_det = z.float(), log_det + ld.float()
+        return z, log_det
+
+    def combine(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.dec_combiner(torch.cat([s, z.to(s.dtype)], dim=1))  # (B, C_dec, H, W)
+
+
+class OutputHead(nn.Module):
+    """Decoder features -> p(x|z): ELU-Conv3x3 (NVAE's ``image_conditional``), cropped to the image.
+
+    ``crop`` = (top, left, H, W) of the real image inside the padded canvas; ``kind`` as in
+    :class:`~hvae_lib.likelihoods.LikelihoodHead`.
+    """
+
+    def __init__(self, in_channels: int, image_channels: int, kind: str, bits: int, num_mix: int,
+                 crop: tuple[int, int, int, int]):
+        super().__init__()
+        if kind not in LikelihoodHead.KINDS:
+            raise ValueError(f"Unknown likelihood {kind!r}; expected one of {', '.join(LikelihoodHead.KINDS)}.")
+        self.kind, self.image_channels, self.bits, self.crop = kind, image_channels, bits, crop
+        out = image_channels if kind == "bernoulli" else DiscretizedLogisticMixture.param_channels(image_channels, num_mix)
+        self.conv = nn.Sequential(nn.ELU(), WNConv2d(in_channels, out, 3))
+
+    def forward(self, features: torch.Tensor, temperature: float = 1.0):
+        top, left, h, w = self.crop
+        params = self.conv(features)[:, :, top:top + h, left:left + w].float()  # (B, P, H, W)
+        if self.kind == "bernoulli":
+            # A Bernoulli at temperature t: p^(1/t) renormalised, i.e. logits / t (t < 1 sharpens).
+            return Bernoulli(params / temperature if temperature != 1.0 else params)
+        return DiscretizedLogisticMixture(params, self.image_channels, self.bits)
+
+
+def pad_to_canvas(x: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
+    """Reflection-pad images (B, C, H, W) centrally to the canvas size (28x28 -> 32x32 for NVAE);
+    zeros where the padding is too wide to reflect."""
+    dh, dw = canvas[0] - x.shape[2], canvas[1] - x.shape[3]
+    if dh == 0 and dw == 0:
+        return x
+    pads = (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)
+    reflectable = max(pads[:2]) < x.shape[3] and max(pads[2:]) < x.shape[2]
+    return F.pad(x, pads, mode="reflect" if reflectable else "constant")
