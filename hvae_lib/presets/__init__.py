@@ -5,3 +5,5 @@ tests and smoke runs), the sizes used in the chapters, and the paper sizes. Pres
 child names its parent and the keys it changes (see :func:`hvae_lib.config.preset`).
 """
 from . import vae  # noqa: F401
+from . import lvae  # noqa: F401
+from . import nvae  # noqa: F401
