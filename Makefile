@@ -40,7 +40,7 @@ notebooks-check: setup
 	$(PY) tools/notebooks.py check
 
 notebooks-run: setup
-	HVAE_SMOKE=1 $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env chapters solutions
+	HVAE_SMOKE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env chapters solutions
 
 sync: setup
 	$(PY) tools/notebooks.py sync

@@ -60,8 +60,9 @@ def test_analytic_kls_sum_to_the_monte_carlo_log_ratio(merge):
     of the same images, the difference is zero within the Monte Carlo error."""
     model = small_lvae(merge)
     with torch.no_grad():
-        for prior in model.priors:  # priors that depend on the state, not the N(0, I) of initialisation
-            torch.nn.init.normal_(prior.weight, std=0.05)
+        for head in [*model.priors, *model.bu_heads, *model.merges]:  # away from q = p of initialisation
+            torch.nn.init.normal_(head.weight, std=0.05)
+            torch.nn.init.zeros_(head.bias)
         x = (torch.randint(0, 256, (2, 1, 16, 16)) / 255).repeat(1024, 1, 1, 1)  # (2048, 1, 16, 16)
         torch.manual_seed(1)
         out = model(x)
@@ -173,6 +174,9 @@ def test_presets_and_overrides_build_the_model_they_describe():
     assert model.num_groups == 3 and len(model.merges) == 2
     fashion = get_preset("lvae_fashion")
     assert fashion.optim == get_preset("vae_fashion").optim and fashion.data == get_preset("vae_fashion").data
-    assert 100_000 < sum(p.numel() for p in fashion.model.build((1, 28, 28), 8, "logistic_mixture").parameters()) < 130_000
+    for name in ("lvae_fashion", "lvae_fashion_learned"):  # within 20% of vae_fashion's 107,476 parameters
+        model = get_preset(name).model.build((1, 28, 28), 8, "logistic_mixture")
+        assert 100_000 < sum(p.numel() for p in model.parameters()) < 129_000
+    assert get_preset("lvae_fashion_learned").model.merge == "learned"
     mnist = get_preset("lvae_mnist").model.build((1, 32, 32), 1, "bernoulli")
     assert mnist.num_groups == 12 and [s[1] for s in mnist.group_shapes] == [2] * 4 + [4] * 4 + [8] * 4

@@ -117,6 +117,12 @@ class LadderVAE(LatentVariableModel):
             nn.init.zeros_(prior.weight)
             nn.init.zeros_(prior.bias)
         self.merges = nn.ModuleList(gaussian_head(2 * channels) for _ in range(self.num_groups - 1 if merge == "learned" else 0))
+        with torch.no_grad():  # every posterior starts near its prior, so the KL starts near 0 as in Chapter 1
+            for l, head in enumerate([*self.bu_heads, *self.merges]):
+                head.weight.mul_(0.1)
+                head.bias.zero_()
+                if 0 < l < len(self.bu_heads):  # sigma_l = e^2: a lower group's estimate says nothing yet
+                    head.bias[z_channels:] = 2.0
         self.z_proj = nn.ModuleList(nn.Conv2d(z_channels, channels, 1) for _ in range(self.num_groups))
         self.td_blocks = nn.ModuleList(blocks() for _ in range(self.num_groups))
         tail = []
