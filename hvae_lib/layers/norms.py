@@ -2,12 +2,12 @@
 weight-normalised convolutions (Chapter 3, "taming the batch norm"; Chapter 4, "spectral
 regularisation").
 
-BN momentum: PyTorch's default 0.1 lets the running statistics lag behind the batch statistics
-the network was trained on; NVAE uses 0.05 with the regulariser below and re-estimates the
-statistics before sampling (see :mod:`hvae_lib.bn_readjust`).
+BN momentum: PyTorch's momentum m is the weight of the newest batch in the running statistics.
+NVAE uses 0.05 instead of the default 0.1: the running estimates average about twice as many
+batches (half the noise variance) but trail weight changes about twice as long (Chapter 3 measures
+both). It adds the regulariser below and re-estimates the statistics before sampling
+(see :mod:`hvae_lib.bn_readjust`).
 """
-from __future__ import annotations
-
 import contextvars
 from contextlib import contextmanager
 
