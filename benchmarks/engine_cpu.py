@@ -1,9 +1,9 @@
-"""Step time and activation memory of the training engine on this CPU, for the Chapter 1 model.
+"""Step time and activation memory of the training engine on this CPU, for any preset's model.
 
-    .venv/bin/python benchmarks/engine_cpu.py [--threads N] [--steps 20] [--batch-size 128]
+    .venv/bin/python benchmarks/engine_cpu.py [--preset vae_fashion] [--threads N] [--steps 20] [--batch-size 128]
 
-The model is the ``vae_fashion`` preset's ConvVAE on 1x28x28 8-bit inputs (random images of the
-right shape and grid, so no dataset is needed), trained by the engine's own ``Trainer.train_step``
+The model is the preset's, on random images of its dataset's shape and grid (so no dataset is
+needed), trained by the engine's own ``Trainer.train_step``
 (autocast, backward, clipping, skip check, Adamax). Step time: median over ``--steps`` steps after
 3 warm-up steps. Activation memory: bytes the autograd graph saves for backward in one training
 forward (``torch.autograd.graph.saved_tensors_hooks``), each distinct storage counted once; with
@@ -21,17 +21,13 @@ import torch
 
 from hvae_lib import engine
 from hvae_lib.config import get_preset, override
-from hvae_lib.data import Datasets, DatasetInfo, ImageDataset
 
-SETTINGS = {"fp32": [], "bf16": ["precision=bf16"], "fp32 + grad checkpointing": ["grad_checkpointing=true"]}
+from bench_data import SHAPES, random_images
 
-
-def random_fashion_like(n: int, seed: int = 0) -> Datasets:
-    """n random 8-bit 1x28x28 images standing in for Fashion-MNIST (same shape, grid and likelihood)."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)  # (N, C, H, W)
-    split = ImageDataset(images, torch.zeros(n, dtype=torch.long))
-    return Datasets(split, split, DatasetInfo("fashion_mnist", (1, 28, 28), 8, "logistic_mixture", 784))
+# Both keys named in every setting: a preset may default to bf16 or to checkpointing.
+SETTINGS = {"fp32": ["precision=fp32", "grad_checkpointing=false"],
+            "bf16": ["precision=bf16", "grad_checkpointing=false"],
+            "fp32 + grad checkpointing": ["precision=fp32", "grad_checkpointing=true"]}
 
 
 def saved_bytes(trainer: engine.Trainer, x: torch.Tensor) -> int:
@@ -50,18 +46,19 @@ def saved_bytes(trainer: engine.Trainer, x: torch.Tensor) -> int:
     return sum(s.nbytes() for s in storages.values())
 
 
-def build(assignments: list[str], batch_size: int, steps: int) -> engine.Trainer:
-    config = override(get_preset("vae_fashion"), [f"batch_size={batch_size}", "device=cpu", "quiet=true", *assignments])
-    engine.load_data = lambda c: random_fashion_like(batch_size * (steps + 4))  # the engine's data hook
+def build(preset: str, assignments: list[str], batch_size: int, steps: int) -> engine.Trainer:
+    config = override(get_preset(preset), [f"batch_size={batch_size}", "device=cpu", "quiet=true", *assignments])
+    info = SHAPES[config.data.name]
+    engine.load_data = lambda c: random_images(info, batch_size * (steps + 4))  # the engine's data hook
     trainer = engine.Trainer(config, tempfile.mkdtemp(prefix="engine_cpu_"), resume=False)
     trainer.model.train()
     return trainer
 
 
-def measure(batch_size: int, steps: int) -> dict[str, dict]:
+def measure(preset: str, batch_size: int, steps: int) -> dict[str, dict]:
     """Per setting: median step time and saved bytes. The settings take turns step by step, so a
     burst of load from other processes on a shared machine hits all of them alike."""
-    trainers = {name: build(extra, batch_size, steps) for name, extra in SETTINGS.items()}
+    trainers = {name: build(preset, extra, batch_size, steps) for name, extra in SETTINGS.items()}
     memory = {name: saved_bytes(t, t.batches.get(0)) for name, t in trainers.items()}
     for t in trainers.values():
         for _ in range(3):  # warm-up: allocator, oneDNN kernels
@@ -82,15 +79,17 @@ def measure(batch_size: int, steps: int) -> dict[str, dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="vae_fashion")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    rows = measure(args.batch_size, args.steps)
+    rows = measure(args.preset, args.batch_size, args.steps)
     base = rows["fp32"]
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"ConvVAE (vae_fashion: {base['params']:,} parameters), batch {args.batch_size} of 1x28x28, "
+    shape = "x".join(map(str, SHAPES[get_preset(args.preset).data.name].image_shape))
+    print(f"{args.preset} ({base['params']:,} parameters), batch {args.batch_size} of {shape}, "
           f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average {load}\n")
     print("| setting | step time (ms, median) | images/s | saved for backward (MiB) | vs fp32 |")
     print("|---|---:|---:|---:|---:|")
