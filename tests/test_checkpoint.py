@@ -18,15 +18,6 @@ from hvae_lib.engine import Trainer
 from hvae_lib.evaluate import load_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(*assignments):
     return override(get_preset("vae_tiny"), ["quiet=true", "eval_every=0", *assignments])
 
@@ -34,11 +25,8 @@ def tiny(*assignments):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A vae_tiny run of 12 steps with EMA and fp16 (so the scaler has state)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("run")
     Trainer(tiny("max_steps=12", "ema_rate=0.9", "precision=fp16"), out, resume=False).fit()
-    torch.set_num_threads(threads)
     return out
 
 

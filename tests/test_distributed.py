@@ -17,15 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SETS = ["max_steps=8", "log_every=2", "eval_every=4", "eval_batches=2", "checkpoint_every=4", "sample_every=4",
         "ema_rate=0.9", "quiet=true"]
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Run by torchrun on each rank, and once in-process for the single-process reference. It makes the loss
 # (not the gradient) NaN at step 3 on the last rank only, so the ranks disagree locally and must agree
 # to skip; it records which files non-zero ranks open for writing, and each rank's final weights.

@@ -22,15 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 METRIC_KEYS = {"step", "loss", "recon", "kl", "kl_per_group", "grad_norm", "skipped", "lr", "kl_weight", "images_per_s"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(*assignments):
     return override(get_preset("vae_tiny"), ["quiet=true", "eval_every=0", *assignments])
 

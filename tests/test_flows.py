@@ -10,16 +10,6 @@ from hvae_lib.flows import IAFCell, MaskedConv2d, PairedIAF, autoregressive_mask
 C, H, W, CTX = 4, 4, 4, 3  # tiny latent: 64 ordered elements
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors this small run fastest on one thread, and a shared machine's busy cores make
-    multi-threaded tiny convolutions hundreds of times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def to_order(z):
     """(1, C, H, W) -> (H*W*C,): pixel-major raster order, then channel (= group) inside a pixel."""
     return rearrange(z, "1 c h w -> (h w c)")
