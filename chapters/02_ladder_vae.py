@@ -23,10 +23,11 @@
 # 6. what each depth of the hierarchy decides: samples with the top groups fixed.
 #
 # **What to expect.** Full mode trains one Ladder VAE for 2000 steps and three short variants for
-# 400 steps each: several minutes on a 2-core CPU, plus about 4 more if Chapter 1's model is not in
-# `runs/ch01_vae/`. The Ladder VAE, at a parameter count and step time close to Chapter 1's VAE
-# and trained with the same settings, should reach a lower test bits/dim than the VAE's 3.71; the
-# cell that trains it asserts this and prints both numbers.
+# 400 steps each: about 9.5 minutes on a 2-core CPU (the committed run took 559 s), plus about 4
+# more if Chapter 1's model is not in `runs/ch01_vae/`. The Ladder VAE, at a parameter count and
+# step time close to Chapter 1's VAE and trained with the same settings, reaches a lower test
+# bits/dim than the VAE: **3.685 against 3.712** in the committed run. The cell that trains it
+# asserts this and prints both numbers.
 # `HVAE_SMOKE=1` runs everything in well under a minute on a few hundred images.
 
 # %%
@@ -313,7 +314,8 @@ for name, changes in variants.items():
     model = trainer.eval_model.eval()
     counts, total = diagnostics.active_units(model, x_test[:1000])
     collapse[name] = (diagnostics.kl_per_group(model, x_test[:1000]), counts)
-    print(f"{name:20s}: KL per group {[round(v, 1) for v in collapse[name][0].tolist()]}, active units {total}")
+    print(f"{name:20s}: KL per group {[round(v, 1) for v in collapse[name][0].tolist()]}, "
+          f"active units {counts.tolist()} (total {total})")
 
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
 width = 0.27
@@ -325,11 +327,22 @@ axes[0].set(xlabel="latent group (top = 0)", ylabel="KL (nats / image)", title="
 axes[1].set(xlabel="latent group (top = 0)", ylabel="active units", title="active units per group")
 axes[1].legend()
 plt.tight_layout()
+collapsed = {name: int((kl < 0.1).sum()) for name, (kl, _) in collapse.items()}
+print("collapsed groups (KL < 0.1 nats):", collapsed)
 if not SMOKE:
-    collapsed = {name: int((kl < 0.1).sum()) for name, (kl, _) in collapse.items()}
-    print("collapsed groups (KL < 0.1 nats):", collapsed)
-    assert collapsed["warm-up + free bits"] <= collapsed["plain ELBO"]
-    assert collapse["warm-up + free bits"][1].sum() >= collapse["plain ELBO"][1].sum()
+    assert collapsed["warm-up + free bits"] < collapsed["plain ELBO"]
+
+# %% [markdown]
+# What we saw in our run (yours should be close): the plain ELBO let three of the six groups
+# collapse, all three of the lowest, 8×8 and 4×4 ones (KL 0.0 nats); KL warm-up left two collapsed
+# and warm-up with free bits one, with most of the rate moved into one 8×8 group (about 50 nats).
+#
+# The active-unit counts barely moved (672, 659 and 664 of 672 units), and that is a lesson about
+# the diagnostic, not about the models. Burda et al. defined active units for a single latent
+# layer. In a hierarchy a lower group's posterior mean is its *prior* mean plus a correction, and
+# the prior mean depends on the groups above, so it varies over the data even when the group has
+# collapsed ($q = p$, KL zero): in the plain run every unit of the three collapsed groups counts as
+# active. The KL per group is the diagnostic that sees collapse in a hierarchy.
 
 # %% [markdown]
 # ## 6. What each depth decides
@@ -370,8 +383,9 @@ plt.tight_layout()
 #   prior — by precision weighting in the paper, by a learned function in later models.
 # - At a similar parameter count and the same training, the Ladder VAE's test bits/dim beats the
 #   single-latent VAE's (the two numbers are printed above).
-# - Posterior collapse shows in the KL per group and the active units; KL warm-up and free bits
-#   keep more of the hierarchy in use.
+# - Posterior collapse shows in the KL per group; KL warm-up and free bits keep more of the
+#   hierarchy in use. Active units, defined for one latent layer, miss it in a hierarchy: a
+#   collapsed group's posterior mean is its prior mean, which still varies with the groups above.
 #
 # **Next: Chapter 3** builds NVAE: the same top-down hierarchy with residual cells, depthwise
 # convolutions, squeeze-and-excitation and BatchNorm done right, deep enough to model real images.

@@ -22,10 +22,10 @@
 # 6. the importance-weighted bound, and how it closes the ELBO's gap (*exercise 3*).
 #
 # **What to expect.** In full mode the chapter trains for 2000 steps (about 0.11 s a step on an idle
-# 2-core CPU, so roughly 6 minutes in all; the committed run took 13 minutes on a shared machine);
-# the VAE reaches about **3.71 bits/dim** on the Fashion-MNIST test set (the exact figure of the
-# committed run is printed below). With `HVAE_SMOKE=1` it runs on a few hundred
-# images in well under a minute: the numbers are then meaningless, but every cell runs.
+# 2-core CPU; the committed run of the whole notebook took 5.2 minutes), and the VAE reaches about
+# **3.71 bits/dim** on the Fashion-MNIST test set (the exact figure of the committed run is printed
+# below). With `HVAE_SMOKE=1` it runs on a few hundred images in well under a minute: the numbers
+# are then meaningless, but every cell runs.
 #
 # The library `hvae_lib` holds the finished implementation of everything here. Each exercise asks
 # you to write one piece, checks it against the library, and the chapter then carries on with the
