@@ -783,9 +783,10 @@ if not SMOKE:
 # - On Fashion-MNIST the small NVAE beats the VAE of Chapter 1 and the Ladder VAE of Chapter 2 (the
 #   numbers are printed above).
 #
-# **Next: Chapter 5** goes deeper still: the Very Deep VAE, which drops BatchNorm and spectral
-# regularisation altogether and stabilises a hierarchy of dozens of groups with careful
-# initialisation and gradient skipping.
+# **Next (Chapter 5, not yet written):** the Very Deep VAE goes deeper still. It drops BatchNorm and
+# spectral regularisation altogether and stabilises a hierarchy of dozens of groups with careful
+# initialisation (output layers scaled by 1/sqrt(N)) and gradient skipping. The engine's gradient
+# skipping (`skip_threshold`) is already in the library.
 #
 # Further reading: Vahdat & Kautz (2020), *NVAE*, sections 3–4 and appendix A; Yoshida & Miyato
 # (2017), *Spectral Norm Regularization for Improving the Generalizability of Deep Learning*; Miyato
