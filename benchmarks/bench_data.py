@@ -1,10 +1,24 @@
-"""Random images standing in for a dataset in the benchmarks: the real shape, grid and likelihood,
-so the model is built exactly as in a real run and no dataset needs to be on the machine."""
+"""What both engine benchmarks share: the precision settings, and a ``Trainer`` on random images of
+the preset's dataset (the real shape, grid and likelihood, so the model is built exactly as in a real
+run and no dataset needs to be on the machine)."""
 from __future__ import annotations
+
+import tempfile
 
 import torch
 
+from hvae_lib import engine
+from hvae_lib.config import get_preset, override
 from hvae_lib.data import Datasets, DatasetInfo, ImageDataset
+
+# Every setting names both keys: the paper presets default to bf16, so an empty override is not fp32.
+SETTINGS = {
+    "fp32": ["precision=fp32", "grad_checkpointing=false"],
+    "fp32 + grad checkpointing": ["precision=fp32", "grad_checkpointing=true"],
+    "fp16 (NVAE's amp)": ["precision=fp16", "grad_checkpointing=false"],
+    "bf16": ["precision=bf16", "grad_checkpointing=false"],
+    "bf16 + grad checkpointing": ["precision=bf16", "grad_checkpointing=true"],
+}
 
 SHAPES = {  # what each dataset's loader returns (hvae_lib.data)
     "fashion_mnist": DatasetInfo("fashion_mnist", (1, 28, 28), 8, "logistic_mixture", 784),
@@ -19,3 +33,14 @@ def random_images(info: DatasetInfo, n: int, seed: int = 0) -> Datasets:
     images = torch.randint(0, 2**info.bits, (n, *info.image_shape), generator=g, dtype=torch.uint8)  # (N, C, H, W)
     split = ImageDataset(images, torch.zeros(n, dtype=torch.long), bits=info.bits)
     return Datasets(split, split, info)
+
+
+def random_image_trainer(preset: str, setting: list[str], batch_size: int, num_images: int,
+                         device: str) -> engine.Trainer:
+    """The engine's ``Trainer`` for ``preset`` with ``setting`` applied, fed ``num_images`` random images."""
+    config = override(get_preset(preset), [f"batch_size={batch_size}", f"device={device}", "quiet=true", *setting])
+    info = SHAPES[config.data.name]
+    engine.load_data = lambda c: random_images(info, num_images)  # the engine's data hook
+    trainer = engine.Trainer(config, tempfile.mkdtemp(prefix=f"engine_{device}_"), resume=False)
+    trainer.model.train()
+    return trainer

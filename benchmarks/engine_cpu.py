@@ -14,20 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 
 import torch
 
 from hvae_lib import engine
-from hvae_lib.config import get_preset, override
+from hvae_lib.config import get_preset
 
-from bench_data import SHAPES, random_images
+from bench_data import SETTINGS as ALL_SETTINGS, SHAPES, random_image_trainer
 
-# Both keys named in every setting: a preset may default to bf16 or to checkpointing.
-SETTINGS = {"fp32": ["precision=fp32", "grad_checkpointing=false"],
-            "bf16": ["precision=bf16", "grad_checkpointing=false"],
-            "fp32 + grad checkpointing": ["precision=fp32", "grad_checkpointing=true"]}
+SETTINGS = {name: ALL_SETTINGS[name] for name in ("fp32", "bf16", "fp32 + grad checkpointing")}
 
 
 def saved_bytes(trainer: engine.Trainer, x: torch.Tensor) -> int:
@@ -46,19 +42,11 @@ def saved_bytes(trainer: engine.Trainer, x: torch.Tensor) -> int:
     return sum(s.nbytes() for s in storages.values())
 
 
-def build(preset: str, assignments: list[str], batch_size: int, steps: int) -> engine.Trainer:
-    config = override(get_preset(preset), [f"batch_size={batch_size}", "device=cpu", "quiet=true", *assignments])
-    info = SHAPES[config.data.name]
-    engine.load_data = lambda c: random_images(info, batch_size * (steps + 4))  # the engine's data hook
-    trainer = engine.Trainer(config, tempfile.mkdtemp(prefix="engine_cpu_"), resume=False)
-    trainer.model.train()
-    return trainer
-
-
 def measure(preset: str, batch_size: int, steps: int) -> dict[str, dict]:
     """Per setting: median step time and saved bytes. The settings take turns step by step, so a
     burst of load from other processes on a shared machine hits all of them alike."""
-    trainers = {name: build(preset, extra, batch_size, steps) for name, extra in SETTINGS.items()}
+    trainers = {name: random_image_trainer(preset, setting, batch_size, batch_size * (steps + 4), "cpu")
+                for name, setting in SETTINGS.items()}
     memory = {name: saved_bytes(t, t.batches.get(0)) for name, t in trainers.items()}
     for t in trainers.values():
         for _ in range(3):  # warm-up: allocator, oneDNN kernels

@@ -15,32 +15,15 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import tempfile
 import time
 
 import torch
 
-from hvae_lib import engine
-from hvae_lib.config import get_preset, override
-
-from bench_data import SHAPES, random_images
-
-# Every setting names both keys: the paper presets default to bf16, so an empty override is not fp32.
-SETTINGS = {
-    "fp32": ["precision=fp32", "grad_checkpointing=false"],
-    "fp32 + grad checkpointing": ["precision=fp32", "grad_checkpointing=true"],
-    "fp16 (NVAE's amp)": ["precision=fp16", "grad_checkpointing=false"],
-    "bf16": ["precision=bf16", "grad_checkpointing=false"],
-    "bf16 + grad checkpointing": ["precision=bf16", "grad_checkpointing=true"],
-}
+from bench_data import SETTINGS, random_image_trainer
 
 
 def measure(preset: str, setting: list[str], batch_size: int, steps: int) -> dict:
-    config = override(get_preset(preset), [f"batch_size={batch_size}", "device=cuda", "quiet=true", *setting])
-    info = SHAPES[config.data.name]
-    engine.load_data = lambda c: random_images(info, batch_size * 4)  # the engine's data hook
-    trainer = engine.Trainer(config, tempfile.mkdtemp(prefix="engine_gpu_"), resume=False)
-    trainer.model.train()
+    trainer = random_image_trainer(preset, setting, batch_size, batch_size * 4, "cuda")
     for _ in range(3):  # warm-up: cuDNN algorithm choice, allocator, lazy buffers
         trainer.train_step()
     torch.cuda.synchronize()
