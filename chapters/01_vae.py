@@ -44,7 +44,7 @@ from hvae_lib.config import get_preset, override
 from hvae_lib.data import load_dataset
 from hvae_lib.distributions import DiagonalGaussian, sum_except_batch
 from hvae_lib.engine import Trainer
-from hvae_lib.exercises import check, smoke_mode
+from hvae_lib.exercises import assert_matches, check, smoke_mode
 from hvae_lib.likelihoods import DiscretizedLogisticMixture
 from hvae_lib.objectives import elbo, importance_weighted_bound, nats_to_bpd
 from hvae_lib.plotting import read_metrics, show_grid
@@ -134,14 +134,18 @@ def gaussian_kl(mu_q, log_sigma_q, mu_p, log_sigma_p):
 
 
 # %%
-def kl_cases(n=4):
-    g = torch.Generator().manual_seed(1)
+def kl_cases(n=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
     shapes = [(5,), (3, 7), (2, 4, 6, 6), (1,)]
     return [tuple(torch.randn(s, generator=g) for _ in range(4)) for s in shapes[:n]]
 
 
-check("gaussian_kl", gaussian_kl,
-      lambda mq, lq, mp, lp: DiagonalGaussian(mq, lq).kl(DiagonalGaussian(mp, lp)), kl_cases())
+def library_kl(mu_q, log_sigma_q, mu_p, log_sigma_p):
+    return DiagonalGaussian(mu_q, log_sigma_q).kl(DiagonalGaussian(mu_p, log_sigma_p))
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex01_gaussian_kl_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+ok_gaussian_kl = check("gaussian_kl", gaussian_kl, library_kl, kl_cases())
 
 # %% [markdown]
 # Two facts to check on the library's version (which the rest of the course uses): the KL of a
@@ -198,8 +202,8 @@ def logistic_reference(x, mean, log_scale, bits=8):
     return DiscretizedLogisticMixture(params, channels=1, bits=bits).log_prob(x)
 
 
-def logistic_cases():
-    g = torch.Generator().manual_seed(2)
+def logistic_cases(seed=2):
+    g = torch.Generator().manual_seed(seed)
     cases = []
     for bits in (8, 5, 8):
         x = torch.randint(0, 2**bits, (3, 1, 6, 6), generator=g) / (2**bits - 1)
@@ -211,8 +215,9 @@ def logistic_cases():
     return cases
 
 
-check("discretized_logistic_log_prob", lambda *a: sum_except_batch(discretized_logistic_log_prob(*a)),
-      logistic_reference, logistic_cases(), atol=1e-3)
+# %% nbgrader={"grade": true, "grade_id": "ex02_discretized_logistic_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+ok_logistic = check("discretized_logistic_log_prob", lambda *a: sum_except_batch(discretized_logistic_log_prob(*a)),
+                    logistic_reference, logistic_cases(), atol=1e-3)
 
 # %% [markdown]
 # Two anchors for these units. A uniform model of 8-bit data scores 8 bits/dim; and the
@@ -379,7 +384,8 @@ def bound_with_k(fn, k):
     return run
 
 
-check("iw_bound", bound_with_k(iw_bound, 500), bound_with_k(importance_weighted_bound, 500), [(x_small,)], atol=0.03)
+# %% nbgrader={"grade": true, "grade_id": "ex03_iw_bound_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+ok_iw_bound = check("iw_bound", bound_with_k(iw_bound, 500), bound_with_k(importance_weighted_bound, 500), [(x_small,)], atol=0.03)
 
 # %% [markdown]
 # On the toy model the exact $\log p(x)$ is known, so we can watch the bound close the gap:

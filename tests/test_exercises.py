@@ -41,3 +41,41 @@ def test_smoke_mode(monkeypatch):
     assert smoke_mode()
     monkeypatch.setenv("HVAE_SMOKE", "0")
     assert not smoke_mode()
+
+
+def test_assert_matches_raises_the_verdict():
+    from hvae_lib.exercises import assert_matches
+
+    assert_matches("double", lambda x: x + x, reference, CASES)
+    try:
+        assert_matches("double", lambda x: x * 3, reference, CASES)
+    except AssertionError as err:
+        assert "wrong values on case 0" in str(err)
+    else:
+        raise AssertionError("a wrong answer must raise")
+
+    def stub(x):
+        raise NotImplementedError()
+
+    try:
+        assert_matches("double", stub, reference, CASES)
+    except AssertionError as err:
+        assert "not done yet" in str(err)
+    else:
+        raise AssertionError("an unfinished exercise must raise")
+
+
+def test_non_tensor_results_are_compared_exactly(capsys):
+    assert check("count", lambda n: n + 1, lambda n: n + 1, [(1,), (5,)])
+    assert not check("count", lambda n: n, lambda n: n + 1, [(1,)])
+    assert "expected 2, got 1" in capsys.readouterr().out
+
+
+def test_use_if_correct_falls_back_with_a_note(capsys):
+    from hvae_lib.exercises import use_if_correct
+
+    mine, library = (lambda: "mine"), (lambda: "library")
+    assert use_if_correct("f", mine, library, passed=True)() == "mine"
+    assert "using your implementation" in capsys.readouterr().out
+    assert use_if_correct("f", mine, library, passed=False)() == "library"
+    assert "goes on with hvae_lib's version" in capsys.readouterr().out

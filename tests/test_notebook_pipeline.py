@@ -264,3 +264,30 @@ def test_execute_refreshes_solution_outputs_in_full_mode(synced, monkeypatch, ca
 
     assert cli(synced, "execute", "chapters/01_demo.ipynb") == 1
     assert "takes solution notebooks" in capsys.readouterr().err
+
+
+def test_worksheet_drops_hidden_tests_and_keeps_visible_checks(repo):
+    grade_header = ('# %% nbgrader={"grade": true, "grade_id": "ex01_add_test", "locked": true, "points": 2, '
+                    '"schema_version": 3, "solution": false, "task": false}')
+    graded = f'''{grade_header}
+print("visible check")
+### BEGIN HIDDEN TESTS
+assert add(-1, 1) == 0
+### END HIDDEN TESTS
+'''
+    source = repo / "solutions/01_demo.py"
+    source.write_text(source.read_text() + "\n\n" + graded)
+    assert cli(repo, "sync") == 0
+    worksheet = (repo / "chapters/01_demo.py").read_text()
+    assert 'print("visible check")' in worksheet and grade_header in worksheet
+    assert "assert add(-1, 1)" not in worksheet and "HIDDEN" not in worksheet
+    solution = nbformat.read(repo / "solutions/01_demo.ipynb", as_version=4)
+    assert "assert add(-1, 1) == 0" in solution.cells[-1].source
+    assert solution.cells[-1].metadata.nbgrader["points"] == 2
+
+
+def test_hidden_tests_outside_a_graded_cell_are_refused(repo, capsys):
+    source = repo / "solutions/01_demo.py"
+    source.write_text(source.read_text() + "\n\n# %%\n### BEGIN HIDDEN TESTS\nassert True\n### END HIDDEN TESTS\n")
+    assert cli(repo, "sync") == 1
+    assert "ClearHiddenTests" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
     solutions/NN_name.py     jupytext py:percent, exercises marked for nbgrader   (edited by hand)
     solutions/NN_name.ipynb  its pair, keeping the outputs of the last full run     (generated)
-    chapters/NN_name.py      the worksheet: solution regions cleared by nbgrader    (generated)
+    chapters/NN_name.py      the worksheet: solutions cleared, hidden tests removed  (generated)
     chapters/NN_name.ipynb   its pair, without outputs                              (generated)
 
 Commands, run from the repository root:
@@ -28,7 +28,7 @@ import nbformat
 from jupytext.combine import combine_inputs_with_outputs
 from jupytext.config import load_jupytext_configuration_file
 from nbgrader.nbgraderformat import MetadataValidator, ValidationError
-from nbgrader.preprocessors import ClearSolutions
+from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
 
 ROOT = Path(__file__).resolve().parents[1]
 FMT = "py:percent"
@@ -55,21 +55,24 @@ def cell_name(cell, index):
 
 
 def make_worksheet(nb, rel):
-    """Return a copy of ``nb`` with every solution region replaced by nbgrader's stub."""
-    clear = ClearSolutions(enforce_metadata=True)
+    """Return a copy of ``nb`` as a student receives it: every solution region replaced by
+    nbgrader's stub and every hidden-test region of a graded cell removed (what nbgrader's
+    ``generate_assignment`` does to a source notebook)."""
+    clear, hide = ClearSolutions(enforce_metadata=True), ClearHiddenTests(enforce_metadata=True)
     # nbgrader matches its delimiters as plain substrings of any line, prose included, and
     # silently deletes a line holding an END with no BEGIN before it: refuse both here.
-    begin, end = clear.begin_solution_delimeter, clear.end_solution_delimeter
-    for i, cell in enumerate(nb.cells):
-        lines = cell.source.split("\n")
-        n_begin, n_end = sum(begin in ln for ln in lines), sum(end in ln for ln in lines)
-        if cell.cell_type != "code" and n_begin + n_end:
-            raise PipelineError(
-                f"{rel}: {cell.cell_type} {cell_name(cell, i)} contains {begin!r} or {end!r}; "
-                "nbgrader treats these as solution markers even in prose. Reword it."
-            )
-        if n_end > n_begin:
-            raise PipelineError(f"{rel}: {cell_name(cell, i)} has an {end!r} line without its {begin!r}.")
+    for begin, end in ((clear.begin_solution_delimeter, clear.end_solution_delimeter),
+                       (hide.begin_test_delimeter, hide.end_test_delimeter)):
+        for i, cell in enumerate(nb.cells):
+            lines = cell.source.split("\n")
+            n_begin, n_end = sum(begin in ln for ln in lines), sum(end in ln for ln in lines)
+            if cell.cell_type != "code" and n_begin + n_end:
+                raise PipelineError(
+                    f"{rel}: {cell.cell_type} {cell_name(cell, i)} contains {begin!r} or {end!r}; "
+                    "nbgrader treats these as markers even in prose. Reword it."
+                )
+            if n_end > n_begin:
+                raise PipelineError(f"{rel}: {cell_name(cell, i)} has an {end!r} line without its {begin!r}.")
     try:
         MetadataValidator().validate_nb(nb)  # missing or duplicate grade_id, bad schema
     except ValidationError as err:
@@ -78,10 +81,11 @@ def make_worksheet(nb, rel):
     worksheet = copy.deepcopy(nb)
     resources = {"language": worksheet.metadata.get("kernelspec", {}).get("language", "python")}
     for i, cell in enumerate(worksheet.cells):  # cell by cell, so that an error can name its cell
-        try:
-            clear.preprocess_cell(cell, resources, i)
-        except RuntimeError as err:
-            raise PipelineError(f"{rel}: {cell_name(cell, i)}: {err} (nbgrader ClearSolutions)") from None
+        for step in (clear, hide):
+            try:
+                step.preprocess_cell(cell, resources, i)
+            except RuntimeError as err:
+                raise PipelineError(f"{rel}: {cell_name(cell, i)}: {err} (nbgrader {type(step).__name__})") from None
     return worksheet
 
 
