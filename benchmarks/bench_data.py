@@ -9,7 +9,7 @@ import torch
 
 from hvae_lib import engine
 from hvae_lib.config import get_preset, override
-from hvae_lib.data import Datasets, DatasetInfo, ImageDataset
+from hvae_lib.data import Datasets, DatasetInfo, ImageDataset, dataset_info
 
 # Every setting names both keys: the paper presets default to bf16, so an empty override is not fp32.
 SETTINGS = {
@@ -18,12 +18,6 @@ SETTINGS = {
     "fp16 (NVAE's amp)": ["precision=fp16", "grad_checkpointing=false"],
     "bf16": ["precision=bf16", "grad_checkpointing=false"],
     "bf16 + grad checkpointing": ["precision=bf16", "grad_checkpointing=true"],
-}
-
-SHAPES = {  # what each dataset's loader returns (hvae_lib.data)
-    "fashion_mnist": DatasetInfo("fashion_mnist", (1, 28, 28), 8, "logistic_mixture", 784),
-    "mnist": DatasetInfo("mnist", (1, 32, 32), 1, "bernoulli", 784),
-    "cifar10": DatasetInfo("cifar10", (3, 32, 32), 8, "logistic_mixture", 3 * 32 * 32),
 }
 
 
@@ -39,7 +33,7 @@ def random_image_trainer(preset: str, setting: list[str], batch_size: int, num_i
                          device: str) -> engine.Trainer:
     """The engine's ``Trainer`` for ``preset`` with ``setting`` applied, fed ``num_images`` random images."""
     config = override(get_preset(preset), [f"batch_size={batch_size}", f"device={device}", "quiet=true", *setting])
-    info = SHAPES[config.data.name]
+    info = dataset_info(config.data.name, config.data.resolution)
     engine.load_data = lambda c: random_images(info, num_images)  # the engine's data hook
     trainer = engine.Trainer(config, tempfile.mkdtemp(prefix=f"engine_{device}_"), resume=False)
     trainer.model.train()

@@ -20,26 +20,20 @@ import torch
 
 from hvae_lib import engine
 from hvae_lib.config import get_preset
+from hvae_lib.data import dataset_info
+from hvae_lib.memory import count_saved_tensors
 
-from bench_data import SETTINGS as ALL_SETTINGS, SHAPES, random_image_trainer
+from bench_data import SETTINGS as ALL_SETTINGS, random_image_trainer
 
 SETTINGS = {name: ALL_SETTINGS[name] for name in ("fp32", "bf16", "fp32 + grad checkpointing")}
 
 
 def saved_bytes(trainer: engine.Trainer, x: torch.Tensor) -> int:
     """Bytes saved for backward by one training forward and loss, each storage counted once."""
-    storages: dict[int, torch.UntypedStorage] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage  # held, so no later tensor reuses the address
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _, _ = trainer.loss(x, trainer.step)
+    (loss, _, _), saved = count_saved_tensors(lambda: trainer.loss(x, trainer.step))
     loss.backward()  # release the graph as a real step would
     trainer.optimizer.zero_grad(set_to_none=True)
-    return sum(s.nbytes() for s in storages.values())
+    return saved.total_bytes
 
 
 def measure(preset: str, batch_size: int, steps: int) -> dict[str, dict]:
@@ -76,7 +70,8 @@ def main() -> None:
     rows = measure(args.preset, args.batch_size, args.steps)
     base = rows["fp32"]
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    shape = "x".join(map(str, SHAPES[get_preset(args.preset).data.name].image_shape))
+    data = get_preset(args.preset).data
+    shape = "x".join(map(str, dataset_info(data.name, data.resolution).image_shape))
     print(f"{args.preset} ({base['params']:,} parameters), batch {args.batch_size} of {shape}, "
           f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average {load}\n")
     print("| setting | step time (ms, median) | images/s | saved for backward (MiB) | vs fp32 |")

@@ -56,6 +56,23 @@ class Datasets:
     info: DatasetInfo
 
 
+def dataset_info(name: str, resolution: int = 32) -> DatasetInfo:
+    """The :class:`DatasetInfo` that ``load_dataset(name)`` returns, without reading any file: what a
+    dry run or a benchmark needs to build a model for data that is not on this machine."""
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; expected one of {', '.join(DATASETS)}.")
+    if name == "shapes":
+        if resolution < 8 or resolution & (resolution - 1):
+            raise ValueError(f"The shapes dataset needs a power-of-two resolution >= 8 (8, 16, 32, ...), got {resolution}.")
+        return DatasetInfo("shapes", (3, resolution, resolution), 8, "logistic_mixture", 3 * resolution**2)
+    return {
+        "fashion_mnist": DatasetInfo("fashion_mnist", (1, 28, 28), 8, "logistic_mixture", 784),
+        # zero-padded to 32x32 as NVAE does, but bits/dim divides by the 784 real pixels
+        "mnist": DatasetInfo("mnist", (1, 32, 32), 1, "bernoulli", 784),
+        "cifar10": DatasetInfo("cifar10", (3, 32, 32), 8, "logistic_mixture", 3 * 32 * 32),
+    }[name]
+
+
 def default_root() -> Path:
     """``$HVAE_DATA_ROOT`` if set, else ``<repo root>/data``."""
     env = os.environ.get("HVAE_DATA_ROOT")
@@ -165,8 +182,7 @@ def _fashion_mnist(root: Path, download: bool, seed: int):
                                    "or allow the torchvision download (download=True, needs internet), "
                                    f"or put the four IDX files ({', '.join(IDX_FILES)}) in {raw}/") from None
     (tr_x, tr_y), (te_x, te_y) = _load_idx_splits(raw)
-    info = DatasetInfo("fashion_mnist", (1, 28, 28), 8, "logistic_mixture", 784)
-    return ImageDataset(tr_x, tr_y), ImageDataset(te_x, te_y), info
+    return ImageDataset(tr_x, tr_y), ImageDataset(te_x, te_y), dataset_info("fashion_mnist")
 
 
 def _mnist(root: Path, download: bool, seed: int):
@@ -182,8 +198,7 @@ def _mnist(root: Path, download: bool, seed: int):
     # One fixed binarisation of the test set, so every evaluation scores the same images.
     g = torch.Generator().manual_seed(seed)
     te_bin = torch.bernoulli(te_x.float() / 255, generator=g).to(torch.uint8)  # (N, 1, 32, 32)
-    info = DatasetInfo("mnist", (1, 32, 32), 1, "bernoulli", 784)
-    return DynamicallyBinarizedDataset(tr_x, tr_y), ImageDataset(te_bin, te_y, bits=1), info
+    return DynamicallyBinarizedDataset(tr_x, tr_y), ImageDataset(te_bin, te_y, bits=1), dataset_info("mnist")
 
 
 def _cifar10(root: Path, download: bool, seed: int):
@@ -197,8 +212,7 @@ def _cifar10(root: Path, download: bool, seed: int):
                                f"or extract cifar-10-python.tar.gz so that {folder}/ holds "
                                "data_batch_1..5 and test_batch") from None
     (tr_x, tr_y), (te_x, te_y) = _load_cifar_splits(folder)
-    info = DatasetInfo("cifar10", (3, 32, 32), 8, "logistic_mixture", 3 * 32 * 32)
-    return ImageDataset(tr_x, tr_y), ImageDataset(te_x, te_y), info
+    return ImageDataset(tr_x, tr_y), ImageDataset(te_x, te_y), dataset_info("cifar10")
 
 
 def _shape_params(n: int, seed: int, split: int, chunk: int = 1000) -> dict[str, torch.Tensor]:
@@ -264,17 +278,13 @@ def load_dataset(name: str, root: str | Path | None = None, *, train_limit: int 
     items (None or 0: the whole split). ``resolution`` (a power of two >= 8) applies only to
     ``shapes``; ``seed`` fixes the MNIST test binarisation and the shapes images.
     """
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; expected one of {', '.join(DATASETS)}.")
+    info = dataset_info(name, resolution)  # checks the name (and the shapes' resolution)
     for what, limit in (("train_limit", train_limit), ("test_limit", test_limit)):
         if limit is not None and limit < 0:
             raise ValueError(f"{what} must be a positive number of items (or None for the whole split), got {limit}.")
     train_limit, test_limit = train_limit or None, test_limit or None
     if name == "shapes":
-        if resolution < 8 or resolution & (resolution - 1):
-            raise ValueError(f"The shapes dataset needs a power-of-two resolution >= 8 (8, 16, 32, ...), got {resolution}.")
         n_train, n_test = (min(lim or size, size) for lim, size in zip((train_limit, test_limit), SHAPES_SIZES))
-        info = DatasetInfo("shapes", (3, resolution, resolution), 8, "logistic_mixture", 3 * resolution**2)
         return Datasets(_shapes(n_train, resolution, seed, 0), _shapes(n_test, resolution, seed, 1), info)
     if resolution != 32:
         raise ValueError(f"resolution={resolution} applies only to the 'shapes' dataset; {name} has a fixed size.")
