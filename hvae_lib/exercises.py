@@ -11,6 +11,10 @@ Every exercise is a function whose body the worksheet clears, followed by one gr
   nbgrader autogrades): ``assert_matches(...)`` on other cases, which raises AssertionError with
   the same verdict, so a wrong or unfinished exercise loses exactly that cell's points.
 
+``reveal_prediction`` serves the "predict, then run" questions: a function returning the
+student's guess (the solution returns the answer, with the reason as a comment; its grade_id starts
+with ``predict``, it carries no points), printed beside the measurement that follows.
+
 ``use_if_correct`` then picks the function the chapter goes on with: the student's once its check
 passed, the library's (with a printed note) until then.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -93,3 +97,17 @@ def use_if_correct(name: str, student_fn: Callable, reference_fn: Callable, pass
     print(f"{name}: your exercise is not finished, so the chapter goes on with hvae_lib's version; "
           f"finish it and re-run from that cell to use yours.")
     return reference_fn
+
+
+def reveal_prediction(question: str, predict_fn: Callable[[], Any], measured: Any, unit: str = "") -> Any:
+    """The "predict, then run" pattern: print the student's prediction (``predict_fn()``, whose body the
+    worksheet clears) beside the measured value. Never raises; returns the prediction, or None when
+    the student has not made one yet."""
+    try:
+        guess = predict_fn()
+    except NotImplementedError:
+        print(f"{question}: measured {measured}{unit}. (Write your prediction in the function above first, "
+              f"then compare.)")
+        return None
+    print(f"{question}: you predicted {guess}{unit}; measured {measured}{unit}.")
+    return guess

@@ -79,3 +79,15 @@ def test_use_if_correct_falls_back_with_a_note(capsys):
     assert "using your implementation" in capsys.readouterr().out
     assert use_if_correct("f", mine, library, passed=False)() == "library"
     assert "goes on with hvae_lib's version" in capsys.readouterr().out
+
+
+def test_reveal_prediction(capsys):
+    from hvae_lib.exercises import reveal_prediction
+
+    def unanswered():
+        raise NotImplementedError()
+
+    assert reveal_prediction("KL of a collapsed group", unanswered, 0.0, " nats") is None
+    assert "measured 0.0 nats" in capsys.readouterr().out
+    assert reveal_prediction("KL of a collapsed group", lambda: 0.5, 0.0, " nats") == 0.5
+    assert "you predicted 0.5 nats; measured 0.0 nats" in capsys.readouterr().out
