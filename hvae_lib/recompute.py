@@ -11,7 +11,9 @@ Two ways to keep fewer activations between the forward and the backward pass:
   BatchNorm followed by Swish normally saves two tensors of the same size, BN's input (for BN's
   backward) and BN's output (for Swish's backward). The fused op saves only the input and
   recomputes the normalised tensor in the backward pass: one elementwise pass, far cheaper than a
-  whole block. The paper credits it with about 18% less memory.
+  whole block. The paper credits it with about 18% less memory; Chapter 5 measures about that on
+  the CIFAR-10 layout. The library trains with checkpointing; ``fuse_bn_swish`` is there to
+  measure and to experiment with (it is not a config switch).
 """
 from __future__ import annotations
 
@@ -41,41 +43,32 @@ def checkpoint_block(block: nn.Module, *args):
     return checkpoint(block, *args, use_reentrant=False, context_fn=_recompute_contexts)
 
 
-def _maths_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)  # float32 under autocast, float64 stays
-
-
-def _per_channel(v: torch.Tensor) -> torch.Tensor:
-    return v.view(1, -1, 1, 1)  # (1, C, 1, 1)
-
-
 class _BNSwishFunction(torch.autograd.Function):
-    """swish(BN(x)) with batch statistics, saving only x (and per-channel statistics)."""
+    """swish(BN(x)) with batch statistics, saving only x and the per-channel mean and 1/std.
+
+    Built from PyTorch's own batch-norm and Swish kernels: forward = ``native_batch_norm`` (which
+    also updates the running statistics it is given) then SiLU; backward = the affine normalisation
+    recomputed from x, SiLU's backward, then ``native_batch_norm_backward``.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        xf = x.to(_maths_dtype(x))  # (B, C, H, W); no copy for float32 input
-        mean = xf.mean(dim=(0, 2, 3))  # (C,)
-        var = xf.var(dim=(0, 2, 3), unbiased=False)  # (C,) biased, as BN normalises with
-        invstd = torch.rsqrt(var + eps)
-        y = (xf - _per_channel(mean)) * _per_channel(invstd * weight) + _per_channel(bias)
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
+        y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
         ctx.save_for_backward(x, weight, bias, mean, invstd)
-        ctx.mark_non_differentiable(mean, var)
-        return F.silu(y).to(x.dtype), mean, var
+        ctx.eps = eps
+        return F.silu(y)
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_mean, _grad_var):
+    def backward(ctx, grad_out):
         x, weight, bias, mean, invstd = ctx.saved_tensors
-        x_hat = (x.to(mean.dtype) - _per_channel(mean)) * _per_channel(invstd)  # recomputed, (B, C, H, W)
-        y = x_hat * _per_channel(weight) + _per_channel(bias)
-        s = torch.sigmoid(y)
-        grad_y = grad_out.to(mean.dtype) * s * (1 + y * (1 - s))  # swish'(y) = s (1 + y (1 - s))
-        n = x.numel() // x.shape[1]  # values per channel
-        grad_bias = grad_y.sum(dim=(0, 2, 3))  # (C,)
-        grad_weight = (grad_y * x_hat).sum(dim=(0, 2, 3))  # (C,)
-        # BN's input gradient: gamma / sigma * (g - mean(g) - x_hat * mean(g * x_hat)), per channel.
-        grad_x = _per_channel(weight * invstd) * (grad_y - _per_channel(grad_bias / n) - x_hat * _per_channel(grad_weight / n))
-        return grad_x.to(x.dtype), grad_weight, grad_bias, None
+        scale = (weight * invstd).view(1, -1, 1, 1)  # (1, C, 1, 1)
+        shift = (bias - mean * weight * invstd).view(1, -1, 1, 1)
+        y = torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))  # BN's output, recomputed: (B, C, H, W)
+        grad_y = torch.ops.aten.silu_backward(grad_out, y)
+        del y
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_y, x, weight, None, None, mean, invstd, True, ctx.eps, [True, True, True])
+        return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
 class BNSwish(BatchNorm2d):
@@ -90,15 +83,16 @@ class BNSwish(BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return F.silu(super().forward(x))
-        out, mean, var = _BNSwishFunction.apply(x, self.weight, self.bias, self.eps)
-        if self.track_running_stats and not _running_stats_frozen.get():
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                n = x.numel() // x.shape[1]
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-                self.running_var.lerp_((var * n / max(n - 1, 1)).to(self.running_var.dtype), factor)  # unbiased, as nn.BatchNorm2d
-        return out
+        running_mean, running_var, momentum = self.running_mean, self.running_var, self.momentum
+        if not self.track_running_stats:
+            pass
+        elif _running_stats_frozen.get():  # a recomputation: throw-away copies take the update
+            running_mean, running_var = running_mean.clone(), running_var.clone()
+        else:
+            self.num_batches_tracked.add_(1)
+            if momentum is None:  # a cumulative average, as nn.BatchNorm2d
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return _BNSwishFunction.apply(x, self.weight, self.bias, running_mean, running_var, momentum or 0.0, self.eps)
 
 
 def fuse_bn_swish(module: nn.Module) -> int:
