@@ -72,3 +72,23 @@ def test_the_residual_kl_of_a_nearly_inactive_unit_is_lost_in_fp16():
     exact = residual_kl(torch.zeros(1), delta_sigma, sigma_p)
     assert 9e-7 < exact.item() < 1.1e-6
     assert residual_kl(torch.zeros(1).half(), delta_sigma.half(), sigma_p.half()).item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_every_distribution_lifts_half_precision_network_outputs_to_float32(dtype):
+    from hvae_lib.distributions import DiagonalGaussian
+    from hvae_lib.likelihoods import Bernoulli
+    from hvae_lib.residual_normal import NVAENormal
+
+    raw = torch.randn(2, 8, 4, 4).to(dtype)  # (B, 2Z, H, W), as a half-precision conv hands it over
+    tensors = {
+        "NVAENormal.from_params": vars(NVAENormal.from_params(raw)),
+        "NVAENormal.residual": vars(NVAENormal.residual(raw, raw)),
+        "DiagonalGaussian.from_params": vars(DiagonalGaussian.from_params(raw)),
+        "Bernoulli": {"logits": Bernoulli(raw).logits},
+        "DiscretizedLogisticMixture": {k: v for k, v in vars(DiscretizedLogisticMixture(raw, 1)).items()
+                                       if isinstance(v, torch.Tensor)},
+    }
+    for where, fields in tensors.items():
+        for name, value in fields.items():
+            assert value.dtype == torch.float32, f"{where}: {name} is {value.dtype}"
