@@ -34,7 +34,7 @@
 # chapter's NVAE with your checkpointing, a few dozen timed steps and memory counts, and a handful
 # of fp16 steps. The numbers of the committed run: at batch 64 the activations take about 70 times
 # the memory of the parameters, gradients and optimiser state together; checkpointing keeps about
-# a fifth of the activation memory for some 5–50% more time; bf16 keeps about 57% of it; NVAE's
+# a fifth of the activation memory for some 5–65% more time; bf16 keeps about 57% of it; NVAE's
 # BN-Swish trick saves about 23% more than bf16 alone on the paper's CIFAR-10 layout (the paper
 # says 18%). `HVAE_SMOKE=1` runs every cell in well under a minute on tiny data and tiny layouts;
 # the numbers are then rough, and the few assertions that need a trained model or the real layout
@@ -63,7 +63,7 @@ from hvae_lib.layers import BatchNorm2d, EncoderCell, GenerativeCell, frozen_run
 from hvae_lib.likelihoods import DiscretizedLogisticMixture
 from hvae_lib.memory import (count_saved_tensors, gradient_bytes, optimizer_state_bytes, parameter_bytes,
                              saved_bytes_by_site)
-from hvae_lib.memory_plan import GIB, SettingCost, fit_costs, read_gpu_results, suggest_settings
+from hvae_lib.memory_plan import GIB, fit_costs, read_gpu_results, suggest_settings
 from hvae_lib.objectives import nats_to_bpd
 from hvae_lib.recompute import checkpoint_block, fuse_bn_swish
 from hvae_lib.residual_normal import NVAENormal, residual_kl
@@ -489,7 +489,7 @@ assert time_ratio > 1.0  # recomputation is not free
 
 # %% [markdown]
 # Both lines of the memory plot are straight: everything grows in proportion to the batch, and
-# checkpointing divides the slope by about 4.5. The time costs some 5–50% more in the committed
+# checkpointing divides the slope by about 4.5. The time costs some 5–65% more in the committed
 # run, which shared its CPU with other work (the ratios scatter; `benchmarks/RESULTS.md` measured
 # 1.2 times at batch 64 on an idle machine): the cells' forward runs twice. What is left when every cell is checkpointed is what is *not* inside a cell: the latent
 # distributions and KL, the likelihood, the combiner convolutions, and the one input per cell.
@@ -855,14 +855,14 @@ nonzero = grads[grads > 0]
 flushed = {k: (nonzero * 2.0**k < 2**-24).float().mean().item() for k in (0, 10)}
 print(f"{nonzero.numel():,} nonzero activation gradients, from {nonzero.min():.1e} to {nonzero.max():.2f}; "
       f"below fp16's smallest number: {100 * flushed[0]:.3f}% at S = 1, {100 * flushed[10]:.4f}% at S = 2^10")
-plt.figure(figsize=(8, 3))
-plt.hist(torch.log2(nonzero[torch.randperm(nonzero.numel())[:200_000]]).numpy(), bins=120, color="C0")
-for log2_scale, color in ((0, "C2"), (10, "C1"), (16, "C3")):
-    plt.axvspan(-24 - log2_scale, math.log2(65504) - log2_scale, color=color, alpha=0.12,
-                label=f"what fp16 holds at S = 2^{log2_scale}")
-plt.xlabel("log2 |activation gradient|")
+plt.figure(figsize=(9, 3))
+plt.hist(torch.log2(nonzero[torch.randperm(nonzero.numel())[:200_000]]).numpy(), bins=120, color="0.6")
+for log2_scale, color in ((0, "C2"), (10, "C1"), (16, "C3")):  # fp16 holds S |g| in [2^-24, 65504]
+    plt.axvline(-24 - log2_scale, color=color, ls="--", label=f"S = 2^{log2_scale}: smaller flush to 0")
+    plt.axvline(math.log2(65504) - log2_scale, color=color, ls="-", label=f"S = 2^{log2_scale}: larger overflow")
+plt.xlabel("log2 |activation gradient| (fp32 backward)")
 plt.ylabel("elements (a sample)")
-plt.legend(fontsize=8)
+plt.legend(fontsize=7, ncol=3, loc="upper left")
 plt.tight_layout()
 assert flushed[10] <= flushed[0] < 0.01  # few gradients are that small
 
@@ -1104,8 +1104,7 @@ for setting in ("fp32", "bf16", "bf16 + grad checkpointing"):
 oom = [r["batch"] for r in gpu_runs if r["out_of_memory"]]
 axes[1].axhline(gpu_runs[0]["device_total_gib"], color="k", ls="--", label="the GPU's memory")
 axes[1].plot(oom, [gpu_runs[0]["device_total_gib"]] * len(oom), "rx", markersize=10, label="fp32: out of memory")
-axes[1].set(xscale="log", xlabel="batch size", ylabel="peak GiB", title="peak memory against batch size")
-axes[1].set_xticks([32, 64, 128, 256], labels=["32", "64", "128", "256"])
+axes[1].set(xlabel="batch size", ylabel="peak GiB", title="peak memory against batch size", xticks=[32, 64, 128, 256])
 axes[1].legend(fontsize=7)
 plt.tight_layout()
 gpu_mixed_saving = 1 - at_32["bf16"] / at_32["fp32"]
@@ -1248,7 +1247,7 @@ assert not plans["A100 40 GB", 32].cost.grad_checkpointing and not plans[device,
 #   here about 70 times the parameters, gradients and optimiser state together.
 #   `saved_tensors_hooks` count them; by cell type the generative cells and the likelihood lead.
 # - **Gradient checkpointing** keeps one input per cell and recomputes the rest in the backward pass:
-#   about a fifth of the activation memory here for some 5–50% more time; its gradients are exactly
+#   about a fifth of the activation memory here for some 5–65% more time; its gradients are exactly
 #   the plain ones. With BatchNorm, the recomputation must not update the running statistics again.
 # - **Half precision**: bf16 has fp32's range and 8 significant bits, fp16 11 bits and a range that
 #   ends at 65504. Run the convolutions in it, and keep the distributions in fp32: the likelihood
