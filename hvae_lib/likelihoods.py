@@ -43,11 +43,17 @@ class DiscretizedLogisticMixture:
     (Salimans et al. 2017; NVAE's colour likelihood). A pixel value k / (2^bits - 1) owns the bin of
     width 2 / (2^bits - 1) around it in [-1, 1]; the two edge bins extend to -inf and +inf so the
     2^bits probabilities sum to one.
+
+    All maths runs in ``dtype``, float32 by default whatever the dtype of ``params`` (autocast
+    hands them over in bf16 or fp16); a lower ``dtype`` exists only to measure what that would
+    cost (Chapter 5 does: in bf16 the bin edges and the per-pixel terms lose enough precision to
+    shift bits/dim in the second decimal).
     """
 
-    def __init__(self, params: torch.Tensor, channels: int, bits: int = 8, log_scale_min: float = -7.0):
-        self.channels, self.bits = channels, bits
-        params = params.float()
+    def __init__(self, params: torch.Tensor, channels: int, bits: int = 8, log_scale_min: float = -7.0,
+                 dtype: torch.dtype = torch.float32):
+        self.channels, self.bits, self.dtype = channels, bits, dtype
+        params = params.to(dtype)
         m = params.shape[1] // (1 + 3 * channels)  # M
         self.num_mix = m
         self.logit_probs = params[:, :m]  # (B, M, H, W)
@@ -72,7 +78,7 @@ class DiscretizedLogisticMixture:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log P(x) in nats per image, (B,), for x in [0, 1] on the 2^bits grid."""
-        x = x.float() * 2 - 1  # (B, C, H, W) in [-1, 1]
+        x = x.to(self.dtype) * 2 - 1  # (B, C, H, W) in [-1, 1]
         means = self._component_means(x)
         xc = x.unsqueeze(2) - means  # (B, C, M, H, W)
         inv_s = torch.exp(-self.log_scales)
