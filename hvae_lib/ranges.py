@@ -93,7 +93,8 @@ class Range:
                 raise argparse.ArgumentTypeError(f"expects {'an' if kind is int else 'a'} {kind.__name__}, "
                                                  f"got {text!r}") from None
             if not self.contains(value):
-                raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text}")
+                finite = "finite and " if isinstance(value, float) and not math.isfinite(value) else ""
+                raise argparse.ArgumentTypeError(f"must be {finite}{self.describe()}, got {text}")
             return value
 
         parse.range, parse.__name__ = self, kind.__name__  # read by tests and by argparse's messages

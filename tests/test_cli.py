@@ -219,7 +219,7 @@ def test_every_argument_refuses_a_value_outside_its_range_in_one_line(module, ca
             with pytest.raises(SystemExit) as exit_:
                 module.main([str(tmp_path / "never_read.pt"), option, str(bad)])
             line = one_error_line(capsys.readouterr().err)
-            assert exit_.value.code == 2 and f"argument {option}: must be {declared.describe()}, got {bad}" in line
+            assert exit_.value.code == 2 and f"argument {option}: must be " in line and f"{declared.describe()}, got {bad}" in line
 
 
 def test_sample_refuses_an_output_that_is_not_an_image_and_a_device_that_is_not_here(tmp_path, capsys):
