@@ -208,11 +208,16 @@ def _check_value(value, annotation, path: str):
     raise ConfigError(f"Config key {path} expects {'an' if name == 'int' else 'a'} {name}, got {value!r}.")
 
 
-# Rules between keys: (the keys, a test of the config, what to say when it fails).
-RULES: list[tuple[str, Callable[[Config], bool], str]] = [
-    ("optim.lr_min", lambda c: c.optim.lr_min <= c.optim.lr,
-     "Config key optim.lr_min must be <= optim.lr (the cosine decays from lr down to lr_min), got {lr_min} > {lr}."),
-]
+def _lr_min_at_most_lr(config: Config) -> str:
+    o = config.optim
+    if o.lr_min <= o.lr:
+        return ""
+    return (f"Config key optim.lr_min must be <= optim.lr (the cosine decays from lr down to lr_min), "
+            f"got {o.lr_min} > {o.lr}.")
+
+
+# Rules between keys: each returns '' when the config keeps it, else the sentence to raise.
+RULES: list[Callable[[Config], str]] = [_lr_min_at_most_lr]
 
 
 def validate(config: Config) -> None:
@@ -223,9 +228,9 @@ def validate(config: Config) -> None:
         declared = range_of(f)
         if declared is not None:
             declared.check(value, f"Config key {path}")
-    for _, holds, message in RULES:
-        if not holds(config):
-            raise ConfigError(message.format(**vars(config.optim), **vars(config.run)))
+    for rule in RULES:
+        if message := rule(config):
+            raise ConfigError(message)
 
 
 def override(config: Config, assignments: dict[str, Any] | list[str]) -> Config:

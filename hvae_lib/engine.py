@@ -97,8 +97,9 @@ class Trainer(CleanStop):
         validate(config)
         if config.optim.batch_size % self.world:
             b, w = config.optim.batch_size, self.world
+            near = " or ".join(str(n) for n in (b - b % w, b - b % w + w) if n)
             raise ConfigError(f"Config key optim.batch_size={b} (the global batch) does not split over {w} processes: "
-                              f"use a multiple of {w}, such as {max(w, b - b % w)} or {b - b % w + w}.")
+                              f"use a multiple of {w}, such as {near}.")
         self._check_run_folder()
         ckpt_path = self.out / "checkpoint.pt"
         saved = ckpt_io.load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
