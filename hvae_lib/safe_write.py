@@ -135,12 +135,14 @@ def append_line(path: str | Path, line: str) -> None:
         try:
             while done < len(data):  # a nearly full disk may take part of the line, then refuse the rest
                 done += _write(fd, data[done:])
-        except OSError as err:
+        except BaseException as err:  # a full disk, or a forced interrupt between two writes
             try:
                 os.ftruncate(fd, start)
             except OSError:
                 pass
-            raise WriteError(path, err) from None
+            if isinstance(err, OSError):
+                raise WriteError(path, err) from None
+            raise
     finally:
         os.close(fd)
 
