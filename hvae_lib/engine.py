@@ -7,13 +7,11 @@ gradient norm, and *skip* the update when the loss or gradient is non-finite or 
 row instead of freezing silently (openai/vdvae#25). Then the EMA, the LR schedule, logging,
 periodic test evaluation, sample grids and atomic checkpoints.
 
-Stopping loses nothing (see :mod:`hvae_lib.stopping`): on SIGINT (Ctrl-C, Jupyter's interrupt),
-SIGTERM (a scheduler's preemption) or SIGUSR1 (SLURM's warning) the step under way finishes, a
-checkpoint is written at the step reached and :meth:`Trainer.fit` raises ``TrainingInterrupted``.
-Under torchrun the ranks agree on that step through the all-reduce each step already makes for the
-skip decision, so no rank waits in a collective the others never reach. A file that cannot be
-written (a full or read-only disk, see :mod:`hvae_lib.safe_write`) stops the run with one sentence
-naming it; the last good checkpoint stays whole and nothing is left half-written.
+Stopping loses nothing: on SIGINT, SIGTERM or SIGUSR1 the step under way finishes, a checkpoint is
+written at the step reached and :meth:`Trainer.fit` raises ``TrainingInterrupted``; under torchrun
+the ranks agree on that step in the all-reduce each step makes anyway (:mod:`hvae_lib.stopping`).
+A file that cannot be written (a full or read-only disk) stops the run with one sentence naming
+it, the last good checkpoint whole and nothing half-written (:mod:`hvae_lib.safe_write`).
 """
 from __future__ import annotations
 
@@ -39,7 +37,7 @@ from .objectives import elbo, nats_to_bpd
 from .optim import lr_factor, make_optimizer, schedule_change
 from .plotting import image_grid
 from .run_log import GlobalBatches, Progress, RunLog, summarise
-from .safe_write import WriteError, cause, check_folder_writable, write_atomic
+from .safe_write import WriteError, run_folder_problem, write_atomic
 from .stopping import CleanStop, StopSignals
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -100,7 +98,12 @@ class Trainer(CleanStop):
             near = " or ".join(str(n) for n in (b - b % w, b - b % w + w) if n)
             raise ConfigError(f"Config key optim.batch_size={b} (the global batch) does not split over {w} processes: "
                               f"use a multiple of {w}, such as {near}.")
-        self._check_run_folder()
+        problem = run_folder_problem(self.out) if self.is_main else ""
+        if self.world > 1:  # every rank learns rank 0's verdict, so none goes on alone
+            dist.broadcast_object_list(verdict := [problem], src=0)
+            problem = verdict[0]
+        if problem:
+            raise ConfigError(problem)
         ckpt_path = self.out / "checkpoint.pt"
         saved = ckpt_io.load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
         if saved is not None:
@@ -140,21 +143,6 @@ class Trainer(CleanStop):
                 print(change, file=sys.stderr)
 
     # ------------------------------------------------------------------ state
-    def _check_run_folder(self) -> None:
-        """Refuse, before any work, a run folder rank 0 cannot write (a file, read-only, no permission)."""
-        problem = ""
-        if self.is_main:
-            try:
-                check_folder_writable(self.out)
-            except WriteError as err:
-                problem = f"The run folder {self.out} cannot be written ({cause(err.oserror)}): choose another --out."
-        if self.world > 1:  # every rank learns rank 0's verdict, so none goes on alone
-            verdict = [problem]
-            dist.broadcast_object_list(verdict, src=0)
-            problem = verdict[0]
-        if problem:
-            raise ConfigError(problem)
-
     def state_dict(self) -> dict:
         return {
             "format": ckpt_io.FORMAT,

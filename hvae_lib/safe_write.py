@@ -167,6 +167,15 @@ def trim_event_file(path: str | Path) -> None:
         os.truncate(path, end)
 
 
+def run_folder_problem(folder: str | Path) -> str:
+    """'' when ``folder`` can hold a run, else the sentence that refuses it (before any training)."""
+    try:
+        check_folder_writable(folder)
+    except WriteError as err:
+        return f"The run folder {folder} cannot be written ({cause(err.oserror)}): choose another --out."
+    return ""
+
+
 def check_folder_writable(folder: str | Path) -> None:
     """Create ``folder`` if needed and write and remove a probe file in it; WriteError if that fails.
 
