@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench_data import SETTINGS, random_image_trainer
+from bench_data import PRECISION_SETTINGS, SETTINGS, random_image_trainer
 
 
 def measure(preset: str, setting: list[str], batch_size: int, steps: int) -> dict:
@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--preset", default="nvae_cifar10")
     p.add_argument("--batch-size", type=int, nargs="+", default=[32], help="one table per batch size")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--settings", nargs="*", default=list(SETTINGS), help=f"any of {list(SETTINGS)}")
+    p.add_argument("--settings", nargs="*", default=list(PRECISION_SETTINGS), help=f"any of {list(SETTINGS)}")
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms first")
     p.add_argument("--json", type=Path, help="also record the rows in this results file (benchmarks/gpu_results.json)")
     args = p.parse_args()

@@ -318,3 +318,38 @@ def test_every_tiny_preset_honours_grad_checkpointing(name):
         sizes.append(size)
     assert sizes[1] < sizes[0], f"{name}: grad_checkpointing saved {sizes[1]} bytes vs {sizes[0]} without"
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*grads))
+
+
+# ----------------------------------------------------------------------------- speed switches
+
+
+def test_channels_last_trains_like_the_default_layout(tmp_path):
+    runs = {}
+    for flag in ("false", "true"):  # one after the other: a Trainer seeds the global RNG when built
+        runs[flag] = Trainer(tiny("max_steps=3", f"channels_last={flag}"), tmp_path / flag, resume=False)
+        runs[flag].fit()
+    conv = runs["true"].model.encoder[0][0].weight  # (C_out, C_in, 3, 3)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    for (name, a), b in zip(runs["false"].model.state_dict().items(), runs["true"].model.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), f"{name} differs in the NHWC layout"
+    saved = load_checkpoint(tmp_path / "true" / "checkpoint.pt")
+    assert saved["model"].keys() == runs["false"].model.state_dict().keys()
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager_and_saves_the_plain_weights(tmp_path):
+    """run.compile: the training forward goes through torch.compile; the losses and weights match eager
+    ones up to float reordering, and the checkpoint holds the model's own keys (no '_orig_mod.')."""
+    runs, losses = {}, {}
+    for flag in ("false", "true"):
+        runs[flag] = Trainer(tiny("max_steps=2", f"compile={flag}"), tmp_path / flag, resume=False)
+        losses[flag] = [runs[flag].train_step()["loss"] for _ in range(2)]
+    assert runs["true"].forward is not runs["true"].ddp and runs["false"].forward is runs["false"].ddp
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+    # Adamax moves each weight by at most lr per step (exactly lr * sign(g) on the first), so a
+    # near-zero gradient whose sign differs after float reordering may move a weight by 2 lr.
+    bound = 2 * sum(lr_factor(s, runs["true"].config.optim) * 2e-3 for s in range(2))
+    for a, b in zip(runs["false"].model.parameters(), runs["true"].model.parameters()):
+        assert (a - b).abs().max() <= bound + 1e-7
+    runs["true"].save()
+    assert load_checkpoint(tmp_path / "true" / "checkpoint.pt")["model"].keys() == runs["false"].model.state_dict().keys()

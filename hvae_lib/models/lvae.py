@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, model_family
+from ..config import ModelConfig, key, model_family
 from ..distributions import DiagonalGaussian, sum_except_batch
 from ..likelihoods import LikelihoodHead
 from .base import LatentVariableModel, ModelOutput
@@ -237,13 +237,13 @@ class LVAEConfig(ModelConfig):
     """Hyperparameters of :class:`LadderVAE` (the model key ``model.*`` of a preset)."""
 
     family: str = "lvae"
-    groups_per_scale: tuple[int, ...] = (2, 2, 2)  # top (lowest resolution) scale first
-    z_channels: int = 4
-    channels: int = 20
-    blocks_per_group: int = 1  # residual blocks per group, in each of the two passes
-    initial_downsamples: int = 2
-    merge: str = "precision"  # precision | learned
-    num_mix: int = 5
+    groups_per_scale: tuple[int, ...] = key((2, 2, 2), at_least=1)  # top (lowest resolution) scale first
+    z_channels: int = key(4, at_least=1)
+    channels: int = key(20, at_least=1)
+    blocks_per_group: int = key(1, at_least=1)  # residual blocks per group, in each of the two passes
+    initial_downsamples: int = key(2, at_least=0)
+    merge: str = key("precision", one_of=MERGES)
+    num_mix: int = key(5, at_least=1)
 
     def build(self, image_shape, bits, likelihood):
         return LadderVAE(image_shape, bits, likelihood, groups_per_scale=self.groups_per_scale,

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ModelConfig, model_family
+from ..config import ModelConfig, key, model_family
 from ..distributions import sum_except_batch
 from ..kl_control import kl_warmup_beta
 from ..layers import (EncoderCell, SpectralRegularizer, WNConv2d, batchnorm_layers, bn_regularizer,
@@ -246,26 +246,26 @@ class NVAEConfig(ModelConfig):
     is ``--num_nf``, ``num_mix`` is ``--num_mixture_dec``)."""
 
     family: str = "nvae"
-    num_latent_scales: int = 2
-    num_groups_per_scale: int = 2
+    num_latent_scales: int = key(2, at_least=1)
+    num_groups_per_scale: int = key(2, at_least=1)
     ada_groups: bool = False
-    min_groups_per_scale: int = 1
-    num_latent_per_group: int = 8
-    num_channels_enc: int = 16
-    num_channels_dec: int = 16
-    num_cell_per_cond_enc: int = 1
-    num_cell_per_cond_dec: int = 1
-    num_preprocess_blocks: int = 1
-    num_preprocess_cells: int = 2
-    num_postprocess_blocks: int = 1
-    num_postprocess_cells: int = 2
-    num_mix: int = 10
-    num_flows: int = 0
+    min_groups_per_scale: int = key(1, at_least=1)
+    num_latent_per_group: int = key(8, at_least=1)
+    num_channels_enc: int = key(16, at_least=1)
+    num_channels_dec: int = key(16, at_least=1)
+    num_cell_per_cond_enc: int = key(1, at_least=1)
+    num_cell_per_cond_dec: int = key(1, at_least=1)
+    num_preprocess_blocks: int = key(1, at_least=0)
+    num_preprocess_cells: int = key(2, at_least=1)
+    num_postprocess_blocks: int = key(1, at_least=0)  # equal to num_preprocess_blocks (the model checks)
+    num_postprocess_cells: int = key(2, at_least=1)
+    num_mix: int = key(10, at_least=1)
+    num_flows: int = key(0, at_least=0)
     flow_context: bool = False  # the official flow cells ignore the encoder feature they are given
     use_se: bool = True
-    weight_decay_norm: float = 1e-2  # lambda of the spectral + BN regularisers
-    weight_decay_norm_init: float = 10.0  # lambda at the start when annealed
-    weight_decay_norm_anneal_steps: int = 0  # 0: constant lambda; else anneal with a KL warm-up of this length
+    weight_decay_norm: float = key(1e-2, at_least=0)  # lambda of the spectral + BN regularisers
+    weight_decay_norm_init: float = key(10.0, at_least=0)  # lambda at the start when annealed
+    weight_decay_norm_anneal_steps: int = key(0, at_least=0)  # 0: constant lambda; else anneal with a KL warm-up of this length
 
     def build(self, image_shape, bits, likelihood):
         kwargs = {k: v for k, v in asdict(self).items() if k != "family"}
