@@ -139,7 +139,7 @@ def test_nbgrader_grades_chapter_1_end_to_end(tmp_path):
     release = nbformat.read(course / "release/01_vae/01_vae.ipynb", as_version=4)
     source = nbformat.read(course / "source/01_vae/01_vae.ipynb", as_version=4)
     released = "\n".join(c.source for c in release.cells)
-    assert "HIDDEN TESTS" not in released and "assert_matches" not in released and "SOLUTION" not in released
+    assert "HIDDEN TESTS" not in released and "assert_matches(" not in released and "SOLUTION" not in released
     assert released.count("raise NotImplementedError()") == sum(
         bool(c.metadata.get("nbgrader", {}).get("solution")) for c in source.cells)
     assert all(not c.get("outputs") for c in release.cells if c.cell_type == "code")
