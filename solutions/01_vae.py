@@ -32,8 +32,9 @@
 # are then meaningless, but every cell runs.
 #
 # The library `hvae_lib` holds the finished implementation of everything here. Each exercise asks
-# you to write one piece, checks it against the library, and the chapter then carries on with the
-# library's version — so the notebook runs top to bottom even before you start.
+# you to write one piece and checks it against the library. Two of them then do real work: your
+# loss trains the VAE and your bound evaluates it, once their checks pass; until then the chapter
+# carries on with the library's versions, so the notebook runs top to bottom even before you start.
 
 # %%
 import math
