@@ -26,9 +26,8 @@
 # Three "predict, then run" questions ask you to guess a number before the cell that measures it.
 #
 # **What to expect.** In full mode the chapter trains for 2000 steps (about 0.11 s a step on an idle
-# 2-core CPU; the committed run of the whole notebook took 5.2 minutes), and the VAE reaches about
-# **3.71 bits/dim** on the Fashion-MNIST test set (the exact figure of the committed run is printed
-# below). With `HVAE_SMOKE=1` it runs on a few hundred images in well under a minute: the numbers
+# 2-core CPU, where a run of the whole notebook took 5.2 minutes), and the VAE reaches about
+# **3.71 bits/dim** on the Fashion-MNIST test set (the exact figure is printed below). With `HVAE_SMOKE=1` it runs on a few hundred images in well under a minute: the numbers
 # are then meaningless, but every cell runs.
 #
 # The library `hvae_lib` holds the finished implementation of everything here. Each exercise asks
