@@ -23,6 +23,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -33,6 +34,7 @@ from . import checkpoint as ckpt_io
 from .config import Config, ConfigError, describe, from_dict, to_dict, validate
 from .data import DatasetInfo, load_dataset
 from .kl_control import kl_objective, kl_warmup_beta
+from .models.base import ModelOutput
 from .objectives import elbo, nats_to_bpd
 from .optim import lr_factor, make_optimizer, schedule_change
 from .plotting import image_grid
@@ -85,9 +87,15 @@ class Trainer(CleanStop):
     """Owns the model, optimiser, EMA and state of one run in ``out_dir``; :meth:`fit` trains.
 
     How it stops on a signal or a failed write comes from :class:`~hvae_lib.stopping.CleanStop`.
+
+    ``loss_fn(out, beta)``, when given, replaces the training loss -log p(x|z) + (KL objective): it
+    receives the model's :class:`ModelOutput` for the batch and the KL weight beta of this step, and
+    returns the scalar to minimise (a model's regulariser is still added). Chapters 1 and 2 train
+    with the student's own loss this way; evaluation always reports the exact ELBO.
     """
 
-    def __init__(self, config: Config, out_dir: str | Path, resume: bool = True):
+    def __init__(self, config: Config, out_dir: str | Path, resume: bool = True,
+                 loss_fn: Callable[[ModelOutput, float], torch.Tensor] | None = None):
         self.out = Path(out_dir)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -106,6 +114,10 @@ class Trainer(CleanStop):
             raise ConfigError(problem)
         ckpt_path = self.out / "checkpoint.pt"
         saved = ckpt_io.load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+        if loss_fn is not None and (config.optim.free_bits > 0 or config.optim.kl_balancing):
+            raise ConfigError("A loss_fn replaces the whole KL objective, so free_bits and kl_balancing would be "
+                              "ignored: set free_bits=0 and kl_balancing=false, or apply them inside loss_fn.")
+        self.loss_fn = loss_fn
         if saved is not None:
             ckpt_io.check_compatible(saved, config, ckpt_path)
         self.config = c = config
@@ -212,9 +224,15 @@ class Trainer(CleanStop):
         beta = kl_warmup_beta(step, o.kl_warmup_steps, o.kl_warmup_start)
         extras = out.extras or {}
         sizes = extras.get("kl_balance_alpha", extras.get("group_sizes"))  # NVAE's per-group prior weights
-        kl_term = kl_objective(out.kl_per_group, beta, o.free_bits, o.kl_balancing, sizes)
         regulariser = self.model.regularization(step) if hasattr(self.model, "regularization") else 0.0
-        return terms.recon + kl_term + regulariser, terms, beta
+        if self.loss_fn is None:
+            objective = terms.recon + kl_objective(out.kl_per_group, beta, o.free_bits, o.kl_balancing, sizes)
+        else:
+            objective = self.loss_fn(out, beta)
+            if not isinstance(objective, torch.Tensor) or objective.dim() != 0:
+                got = f"shape {tuple(objective.shape)}" if isinstance(objective, torch.Tensor) else type(objective).__name__
+                raise TrainingError(f"loss_fn must return a scalar tensor (the loss averaged over the batch), got {got}.")
+        return objective + regulariser, terms, beta
 
     def train_step(self) -> dict:
         o = self.config.optim

@@ -209,6 +209,38 @@ def test_with_defaults_the_loss_is_the_negative_elbo(tmp_path):
     assert beta == pytest.approx(0.4) and torch.allclose(loss, terms.recon + 0.4 * terms.kl)
 
 
+def test_a_loss_fn_replaces_the_training_loss(tmp_path):
+    """Chapters 1 and 2 train with the student's loss: loss_fn(out, beta) is what is minimised."""
+    seen = []
+
+    def negative_elbo(out, beta):
+        seen.append(beta)
+        return (beta * out.kl_per_group.sum(1) - out.log_px_z).mean()
+
+    default = Trainer(tiny("kl_warmup_steps=10", "kl_warmup_start=0"), tmp_path / "a", resume=False)
+    custom = Trainer(tiny("kl_warmup_steps=10", "kl_warmup_start=0"), tmp_path / "b", resume=False, loss_fn=negative_elbo)
+    x = default.batches.get(0)
+    for trainer in (default, custom):
+        torch.manual_seed(5)
+        trainer.result = trainer.loss(x, 4)
+    assert seen == [pytest.approx(0.4)]
+    assert torch.allclose(custom.result[0], default.result[0]) and custom.result[2] == default.result[2]
+
+    frozen = Trainer(tiny(), tmp_path / "c", resume=False, loss_fn=lambda out, beta: 0.0 * out.log_px_z.mean())
+    before = [p.detach().clone() for p in frozen.model.parameters()]
+    record = frozen.train_step()
+    assert record["loss"] == 0.0 and record["bpd"] > 0  # the exact ELBO is still reported
+    assert all(torch.equal(a, b) for a, b in zip(before, frozen.model.parameters())), "a zero loss moved the weights"
+
+    per_image = Trainer(tiny(), tmp_path / "d", resume=False, loss_fn=lambda out, beta: -out.log_px_z)
+    with pytest.raises(TrainingError, match=r"loss_fn must return a scalar tensor .* got shape \(32,\)"):
+        per_image.train_step()
+    from hvae_lib.config import ConfigError
+
+    with pytest.raises(ConfigError, match="free_bits and kl_balancing would be ignored"):
+        Trainer(tiny("free_bits=0.5"), tmp_path / "e", resume=False, loss_fn=negative_elbo)
+
+
 def test_ema_follows_the_weights_and_serves_evaluation(tmp_path):
     trainer = Trainer(tiny("ema_rate=0.75"), tmp_path, resume=False)
     ema_before = [p.clone() for p in trainer.ema.parameters()]
