@@ -75,9 +75,10 @@ class NVAENormal:
         scaled = (z.float() - self.mu) / self.sigma
         return -0.5 * scaled**2 - torch.log(self.sigma) - 0.5 * LOG_2PI
 
-    def kl(self, prior: "NVAENormal") -> torch.Tensor:
-        """Elementwise analytic KL(self || prior) in residual form (:func:`residual_kl`)."""
-        return residual_kl(self.mu - prior.mu, self.sigma / prior.sigma, prior.sigma)
+    def kl(self, prior: "NVAENormal", kl_function=residual_kl) -> torch.Tensor:
+        """Elementwise analytic KL(self || prior) in residual form, ``kl_function(dmu, dsigma, sigma_p)``
+        with the effective dmu = mu_q - mu_p, dsigma = sigma_q / sigma_p (:func:`residual_kl`)."""
+        return kl_function(self.mu - prior.mu, self.sigma / prior.sigma, prior.sigma)
 
     def to_diagonal(self) -> DiagonalGaussian:
         """The same Gaussian as the library's :class:`DiagonalGaussian` (log-sigma parameterised)."""
