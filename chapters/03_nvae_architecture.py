@@ -967,9 +967,10 @@ assert torch.isclose(max_gammas.sum(), bn_regularizer(batchnorm_layers(nvae)))
 #   allows: the learning rate has decayed to $10^{-4}$, the weights hardly move, and the lag is gone.
 #   Evaluating with them costs nothing measurable against the data's exact statistics. Train mode
 #   is *worse*: a batch of 64 test images gives noisier statistics than the running average.
-# - Momentum 0.05 halves the noise's variance and doubles the lag against PyTorch's 0.1, and has a
-#   fifth of the lag and five times the noise variance of TensorFlow's default, as in the toy of
-#   section 5. Which one matters depends on how fast the weights move when you evaluate.
+# - The order is that of the toy of section 5: the smaller the momentum, the less noise and the
+#   more lag, with NVAE's 0.05 between TensorFlow's and PyTorch's defaults. (Fifteen steps are too
+#   few for the lag's full $1/m$ scaling: at $m = 0.01$ the running estimates have hardly begun to
+#   move.) Which one matters depends on how fast the weights move when you evaluate.
 # - Noise alone changes the ELBO by less than a thousandth of a bit per dimension; lag does not.
 #   After a few fast steps the stale statistics cost several hundredths of a bit per dimension — a
 #   model evaluated in the middle of training looks worse than it is — and the smaller the momentum,
