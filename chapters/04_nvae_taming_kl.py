@@ -244,8 +244,8 @@ assert p.sigma.min() > 0.01  # the floor of the official parameterisation keeps 
 # reading anything into these numbers, three caveats:
 #
 # - **$s^{(i)}$ is not the convolution's norm.** A convolution is a linear map of whole images, and
-#   its operator norm $\|A_i\|$ is another number: for a dense stride-1 kernel it lies between
-#   $s^{(i)}$ and $k\,s^{(i)}$ (every input pixel enters $k^2$ windows), so the reshaped norm can
+#   its operator norm $\|A_i\|$ is another number: for a dense stride-1 kernel on a large image it
+#   lies between $s^{(i)}$ and $k\,s^{(i)}$ (every input pixel enters $k^2$ windows), so the reshaped norm can
 #   *understate* it by up to a factor $k$; for a depthwise kernel, whose channels never mix, the
 #   reshaped matrix can *overstate* it. Exercise 3 measures both on the trained model.
 # - **Even true operator norms would not give a bound here.** The product bounds a plain chain.
@@ -255,7 +255,7 @@ assert p.sigma.min() > 0.01  # the floor of the official parameterisation keeps 
 #   $\gamma_c / \hat\sigma_c$, which no $s^{(i)}$ contains; squeeze-and-excitation multiplies the
 #   features by a gate computed from the features themselves.
 # - **So what is it?** A penalty that keeps every layer's reshaped kernel norm — a cheap proxy for
-#   the layer's gain — from growing, which makes the encoder smoother in practice and so keeps its
+#   the layer's gain — from growing, meant to make the encoder smoother and so to keep its
 #   corrections $(\Delta\mu, \Delta\sigma)$, and the KL, from jumping between nearby inputs. The
 #   product $\prod_i s^{(i)}$ is a number one can watch (we do below), not a bound on this network.
 #
