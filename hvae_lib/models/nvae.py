@@ -30,7 +30,7 @@ from ..distributions import sum_except_batch
 from ..kl_control import kl_warmup_beta
 from ..layers import (EncoderCell, SpectralRegularizer, WNConv2d, batchnorm_layers, bn_regularizer,
                       frozen_running_stats, postprocess_cells, preprocess_cells)
-from ..residual_normal import NVAENormal
+from ..residual_normal import NVAENormal, residual_kl
 from .base import LatentVariableModel, ModelOutput
 from .nvae_parts import OutputHead, TopDownGroup, groups_per_scale, pad_to_canvas
 
@@ -59,7 +59,7 @@ class NVAE(LatentVariableModel):
                  num_preprocess_blocks: int = 1, num_preprocess_cells: int = 2, num_postprocess_blocks: int = 1,
                  num_postprocess_cells: int = 2, num_mix: int = 10, num_flows: int = 0, flow_context: bool = False,
                  use_se: bool = True, weight_decay_norm: float = 1e-2, weight_decay_norm_init: float = 10.0,
-                 weight_decay_norm_anneal_steps: int = 0):
+                 weight_decay_norm_anneal_steps: int = 0, residual_normal: bool = True):
         super().__init__(image_shape, bits)
         c, h, w = self.image_shape
         if num_preprocess_blocks != num_postprocess_blocks or num_preprocess_cells < 1 or num_postprocess_cells < 1:
@@ -76,6 +76,10 @@ class NVAE(LatentVariableModel):
         self.num_groups, self.num_flows = sum(self.groups_per_scale), num_flows
         self.weight_decay_norm, self.weight_decay_norm_init = weight_decay_norm, weight_decay_norm_init
         self.weight_decay_norm_anneal_steps = weight_decay_norm_anneal_steps
+        # residual_normal=False is Chapter 4's ablation: q = N(mu, sigma^2) from the encoder alone.
+        self.residual_normal = residual_normal
+        # The elementwise KL(q || p) as a function of (dmu, dsigma, sigma_p); Chapter 4 swaps in the student's.
+        self.kl_function = residual_kl
         z_ch, pre, scales = num_latent_per_group, num_preprocess_blocks, num_latent_scales
 
         # Bottom-up: stem, pre-processing, then per scale and group the encoder cells.
@@ -172,11 +176,12 @@ class NVAE(LatentVariableModel):
             if idx < num_posterior:
                 feature = group.encoder_feature(features[idx], s)
                 delta = group.posterior(feature)
-                q = NVAENormal.from_params(delta) if group.is_top else NVAENormal.residual(prior_params, delta)
+                residual = self.residual_normal and not group.is_top
+                q = NVAENormal.residual(prior_params, delta) if residual else NVAENormal.from_params(delta)
                 z0 = q.rsample()  # (B, Z, h, w)
                 z, log_det = group.apply_flows(z0, feature)
                 log_q_minus_log_p = sum_except_batch(q.log_prob(z0)) - log_det - sum_except_batch(p.log_prob(z))
-                kl.append(log_q_minus_log_p if len(group.flows) else sum_except_batch(q.kl(p)))
+                kl.append(log_q_minus_log_p if len(group.flows) else sum_except_batch(q.kl(p, self.kl_function)))
                 log_ratio = log_ratio + log_q_minus_log_p
                 means.append(q.mu)
             else:
@@ -266,6 +271,7 @@ class NVAEConfig(ModelConfig):
     weight_decay_norm: float = key(1e-2, at_least=0)  # lambda of the spectral + BN regularisers
     weight_decay_norm_init: float = key(10.0, at_least=0)  # lambda at the start when annealed
     weight_decay_norm_anneal_steps: int = key(0, at_least=0)  # 0: constant lambda; else anneal with a KL warm-up of this length
+    residual_normal: bool = True  # False: q from the encoder alone, not relative to the prior (Chapter 4's ablation)
 
     def build(self, image_shape, bits, likelihood):
         kwargs = {k: v for k, v in asdict(self).items() if k != "family"}
