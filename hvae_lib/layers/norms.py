@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .spectral import LastWeight
+from .sync_bn import sync_batch_norm, sync_world_size
 
 BN_MOMENTUM = 0.05
 BN_EPS = 1e-5
@@ -39,12 +40,16 @@ def frozen_running_stats():
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    """nn.BatchNorm2d with NVAE's momentum 0.05 that respects :func:`frozen_running_stats`."""
+    """nn.BatchNorm2d with NVAE's momentum 0.05 that respects :func:`frozen_running_stats`, and
+    that, in train mode under torch.distributed with more than one process, normalises with the
+    moments of the global batch as the official code's SyncBatchNorm does (:mod:`.sync_bn`)."""
 
     def __init__(self, channels: int, momentum: float = BN_MOMENTUM, eps: float = BN_EPS):
         super().__init__(channels, eps=eps, momentum=momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and sync_world_size() > 1:
+            return sync_batch_norm(x, self, update_running_stats=not _running_stats_frozen.get())
         if self.training and _running_stats_frozen.get():
             # Throw-away copies take the update, so the op (and what autograd saves) is unchanged.
             mean, var = self.running_mean.clone(), self.running_var.clone()
