@@ -35,6 +35,7 @@ class DataConfig:
     resolution: int = 32  # only for the procedural 'shapes' dataset
     train_limit: int = 0  # 0 = the whole split
     test_limit: int = 0
+    horizontal_flip: bool = False  # mirror training images at random (NVAE's augmentation of CIFAR-10)
 
 
 @dataclass
