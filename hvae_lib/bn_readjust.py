@@ -13,10 +13,11 @@ statistics after N passes), it runs on a fixed seed so the same parameters alway
 statistics, and it is cached per temperature: the official code recomputes it on every call. Only
 the layers sampling runs are re-estimated (the decoder's); the encoder's BatchNorm keeps the
 statistics of training, as in the official code, so a reconstruction or a conditional sample
-inside :func:`readjusted_bn` encodes as it always does. The cache is dropped as soon as any parameter changes (an optimiser step, ``load_state_dict``, an EMA
-update), detected by the parameters' in-place version counters plus a checksum for writes through
-``.data``. The model's own running statistics and train/eval mode are restored afterwards, so
-training continues exactly as if nothing had happened.
+inside :func:`readjusted_bn` encodes as it always does. The cache is dropped as soon as any
+parameter changes (an optimiser step, ``load_state_dict``, an EMA update), detected by the
+parameters' in-place version counters plus a checksum for writes through ``.data``. The model's
+own running statistics and train/eval mode are restored afterwards, so training continues exactly
+as if nothing had happened.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""BatchNorm over the global batch of every process (Chapter 4, "training at scale"): NVAE's
-synchronised BatchNorm, written for any backend (torch's ``nn.SyncBatchNorm`` needs CUDA).
+"""BatchNorm over the global batch of every process: NVAE's synchronised BatchNorm for runs under
+``torchrun`` (Chapter 3 explains BatchNorm), written for any backend (torch's ``nn.SyncBatchNorm``
+needs CUDA).
 
 Under ``torchrun`` each process sees its share of the batch (32 images of the paper's 256 for
 CIFAR-10 on 8 GPUs). Plain BatchNorm would normalise with the statistics of those 32; the official
