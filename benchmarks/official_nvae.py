@@ -10,7 +10,8 @@ adds a third contestant: ``DIR/hvae_lib`` (an older revision of this library, e.
 
 Each contestant runs in its own spawned worker process; the parent interleaves their steps
 (official, ours, baseline, official, ...) so that load from other processes hits all of them
-alike, and reports medians. Both sides build the same configuration (equal parameter counts):
+alike, and reports medians of the wall time and of the worker's CPU time (user + sys, all its
+threads) per step; on a loaded machine the CPU time is the steadier of the two. Both sides build the same configuration (equal parameter counts):
 
 - ``nvae_fashion`` (batch 64): the preset of Chapters 3-4, and the official model with the same
   flags (``--dataset mnist`` sizes; its output is given our grey-scale logistic mixture, since the
@@ -222,13 +223,13 @@ def worker(conn, kind: str, src: str, config: str, batch: int, threads: int, lib
     while True:
         msg = conn.recv()
         if msg[0] == "step":
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             optimizer.zero_grad(set_to_none=True)
             value = loss(step)
             value.backward()
             optimizer.step()
             step += 1
-            conn.send(dict(seconds=time.perf_counter() - t0, loss=float(value)))
+            conn.send(dict(seconds=time.perf_counter() - t0, cpu=time.process_time() - c0, loss=float(value.detach())))
         elif msg[0] == "memory":
             conn.send(saved_bytes(model, loss, step))
         elif msg[0] == "profile":
@@ -261,17 +262,19 @@ def compare(args, config: str, kinds: list[str], ctx, profile: bool) -> dict:
         workers[kind][1].send(msg)
         return workers[kind][1].recv()
 
-    times = {kind: [] for kind in kinds}
+    times, cpu = {kind: [] for kind in kinds}, {kind: [] for kind in kinds}
     for i in range(args.warmup + args.steps):
-        seconds = {kind: ask(kind, "step")["seconds"] for kind in kinds}
+        results = {kind: ask(kind, "step") for kind in kinds}
         for kind in kinds if i >= args.warmup else ():
-            times[kind].append(seconds[kind])
-        print(f"  [{config}] {'step' if i >= args.warmup else 'warm-up'} {i}: "
-              + "  ".join(f"{k} {s:.3f}s" for k, s in seconds.items()), flush=True)
+            times[kind].append(results[kind]["seconds"])
+            cpu[kind].append(results[kind]["cpu"])
+        print(f"  [{config}] {'step' if i >= args.warmup else 'warm-up'} {i}: " + "  ".join(
+            f"{k} {r['seconds']:.3f}s (CPU {r['cpu']:.3f}s)" for k, r in results.items()), flush=True)
     out = {}
     for kind in kinds:
         out[kind] = dict(params=workers[kind][2]["params"], input=workers[kind][2]["input"], batch=batch,
                          step_s=statistics.median(times[kind]), steps_s=[round(t, 4) for t in times[kind]],
+                         cpu_s=statistics.median(cpu[kind]), cpus_s=[round(t, 4) for t in cpu[kind]],
                          saved_mib=ask(kind, "memory") / 2**20)
         if profile:
             out[kind]["profile"] = ask(kind, "profile", args.profile_steps)
@@ -317,16 +320,20 @@ def main() -> None:
           f"interleaved steps after {args.warmup} warm-up; load average {', '.join(f'{v:.2f}' for v in load_before)} "
           f"before, {load} after\n")
     names = {"official": "official", "ours": "ours", "baseline": f"baseline ({args.baseline})"}
-    print("| config | batch | contestant | parameters | step s (median, per repeat) | saved for backward MiB |")
-    print("|---|---:|---|---:|---|---:|")
+    print("| config | batch | contestant | parameters | step s, wall (median; per repeat) | step s, CPU (median; per "
+          "repeat) | saved for backward MiB |")
+    print("|---|---:|---|---:|---|---|---:|")
     for config, runs in results.items():
         for kind in kinds:
             r = runs[0][kind]
-            steps = " / ".join(f"{run[kind]['step_s']:.3f}" for run in runs)
-            print(f"| {config} | {r['batch']} | {names[kind]} | {r['params']:,} | {steps} | {r['saved_mib']:.1f} |")
+            wall = " / ".join(f"{run[kind]['step_s']:.3f}" for run in runs)
+            cpu = " / ".join(f"{run[kind]['cpu_s']:.3f}" for run in runs)
+            print(f"| {config} | {r['batch']} | {names[kind]} | {r['params']:,} | {wall} | {cpu} | {r['saved_mib']:.1f} |")
     for config, runs in results.items():
         ratios = [run["ours"]["step_s"] / run["official"]["step_s"] for run in runs]
-        print(f"{config}: ours / official step time {' / '.join(f'{r:.2f}' for r in ratios)}, saved bytes "
+        cpu_ratios = [run["ours"]["cpu_s"] / run["official"]["cpu_s"] for run in runs]
+        print(f"{config}: ours / official step time {' / '.join(f'{r:.2f}' for r in ratios)} (wall), "
+              f"{' / '.join(f'{r:.2f}' for r in cpu_ratios)} (CPU); saved bytes "
               f"{runs[0]['ours']['saved_mib'] / runs[0]['official']['saved_mib']:.2f}")
         for kind, r in runs[-1].items():
             if "profile" in r:
