@@ -60,6 +60,7 @@ class DataConfig:
     resolution: int = key(32, at_least=8, power_of_two=True)  # only for the procedural 'shapes' dataset
     train_limit: int = key(0, at_least=0)  # 0 = the whole split
     test_limit: int = key(0, at_least=0)
+    horizontal_flip: bool = False  # mirror training images at random (NVAE's augmentation of CIFAR-10)
 
 
 @dataclass

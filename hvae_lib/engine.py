@@ -141,7 +141,8 @@ class Trainer(CleanStop):
         # fp16 loss scaling starts at 2^10 as in NVAE's train.py, not torch's 2^16: our losses are sums
         # over pixels (thousands of nats), and from 2^16 the first ~7 steps overflow and are skipped.
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0**10, enabled=c.run.precision == "fp16")
-        self.batches = GlobalBatches(self.data.train, c.optim.batch_size, c.run.seed, self.rank, self.world)
+        self.batches = GlobalBatches(self.data.train, c.optim.batch_size, c.run.seed, self.rank, self.world,
+                                     c.data.horizontal_flip)
         self.step, self.consecutive_skips, self.total_skips = 0, 0, 0
         self.saved_step = self._saving_step = None  # the step of the checkpoint on disk; of the last save begun
         self.signals = None  # a StopSignals while fit runs

@@ -115,9 +115,19 @@ class DiscretizedLogisticMixture:
         return quantize((x.clamp(-1, 1) + 1) / 2, self.bits)
 
     def mean(self) -> torch.Tensor:
-        """The mixture's mean image in [0, 1] (colour coupling ignored), for reconstructions."""
+        """A mean image in [0, 1] for reconstructions, as NVAE's ``DiscMixLogistic.mean``: the
+        mixture-weighted means m_c and coefficients (a, b, g) per pixel, then the colour chain of
+        :meth:`sample` without the noise: x_R = m_R, x_G = m_G + a x_R, x_B = m_B + b x_R + g x_G
+        (each clamped to [-1, 1])."""
         probs = torch.softmax(self.logit_probs, 1).unsqueeze(1)  # (B, 1, M, H, W)
-        return ((self.means * probs).sum(2).clamp(-1, 1) + 1) / 2
+        x = (self.means * probs).sum(2)  # (B, C, H, W) in [-1, 1]
+        if self.channels == 3:
+            coeffs = (self.coeffs * probs).sum(2)  # (B, C, H, W): a, b, g
+            x0 = x[:, 0].clamp(-1, 1)
+            x1 = (x[:, 1] + coeffs[:, 0] * x0).clamp(-1, 1)
+            x2 = (x[:, 2] + coeffs[:, 1] * x0 + coeffs[:, 2] * x1).clamp(-1, 1)
+            x = torch.stack([x0, x1, x2], 1)
+        return (x.clamp(-1, 1) + 1) / 2
 
 
 def quantize(x: torch.Tensor, bits: int) -> torch.Tensor:

@@ -63,7 +63,8 @@ class NVAENormal:
 
     @classmethod
     def standard(cls, shape, device=None, temperature: float = 1.0) -> "NVAENormal":
-        """N(0, t^2 I): the top group's prior at temperature t."""
+        """N(0, t^2 I): the top group's prior at temperature t, the paper's N(0, I). (The official
+        code builds it as Normal(0, log_sigma=0), so its sigma floor makes it N(0, 1.01^2 t^2).)"""
         return cls(torch.zeros(shape, device=device), torch.full(shape, float(temperature), device=device))
 
     def rsample(self) -> torch.Tensor:

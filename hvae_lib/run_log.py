@@ -1,7 +1,8 @@
 """What a run reads and writes besides the model: its batches, its metrics log and its progress.
 
 - :class:`GlobalBatches`: batch ``step`` of training is a fixed slice of a seeded per-epoch
-  permutation, so a resumed run replays exactly the batches of an uninterrupted one.
+  permutation, optionally flipped left-right at random (seeded by the step too), so a resumed run
+  replays exactly the batches of an uninterrupted one.
 - :class:`RunLog`: ``metrics.jsonl`` and TensorBoard events, written by the main process only.
 - :class:`Progress`: a progress bar in a terminal or notebook, plain lines in a file or CI log.
 """
@@ -27,12 +28,19 @@ class GlobalBatches:
     Because the batch is a function of (seed, step) alone, resuming at step s replays exactly the
     batches the uninterrupted run would have seen. Under DDP every rank takes its share
     (rank::world) of the same global batch.
+
+    ``horizontal_flip``: each image of the global batch is mirrored left-right with probability 1/2
+    (NVAE's ``RandomHorizontalFlip`` for CIFAR-10 and the other photographs), the coin flips drawn
+    from a generator seeded by (seed, step), so they too replay exactly and a rank flips its share
+    as one process would flip the whole batch.
     """
 
-    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 horizontal_flip: bool = False):
         if batch_size % world:
             raise ConfigError(f"optim.batch_size={batch_size} must be divisible by the {world} processes.")
         self.dataset, self.batch_size, self.seed, self.rank, self.world = dataset, batch_size, seed, rank, world
+        self.horizontal_flip = horizontal_flip
         self.per_epoch = len(dataset) // batch_size
         if self.per_epoch == 0:
             raise ConfigError(f"optim.batch_size={batch_size} exceeds the {len(dataset)} training images.")
@@ -46,8 +54,16 @@ class GlobalBatches:
         batch = self._perm[i * self.batch_size:(i + 1) * self.batch_size]
         return batch[self.rank::self.world].tolist()
 
+    def flips(self, step: int) -> torch.Tensor:
+        """Which images of this rank's share of batch ``step`` are mirrored: (B,) bool."""
+        g = torch.Generator().manual_seed((self.seed * 100_003 + 7) * 1_000_003 + step)  # not a permutation's seed
+        return (torch.rand(self.batch_size, generator=g) < 0.5)[self.rank::self.world]
+
     def get(self, step: int) -> torch.Tensor:
-        return torch.stack([self.dataset[j][0] for j in self.indices(step)])  # (B, C, H, W)
+        images = torch.stack([self.dataset[j][0] for j in self.indices(step)])  # (B, C, H, W)
+        if self.horizontal_flip:
+            images = torch.where(self.flips(step)[:, None, None, None], images.flip(-1), images)
+        return images
 
 
 class RunLog:

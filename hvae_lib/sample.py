@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -36,6 +37,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--readjust-bn", type=COUNT.parser(int), default=0, metavar="PASSES",
                    help="re-estimate BatchNorm statistics on PASSES sampling passes at this temperature "
                         "first (NVAE's trick; 0 = use the running statistics)")
+    p.add_argument("--likelihood-temperature", type=Range(above=0).parser(float), default=1.0,
+                   help="NVAE: scales the spread of p(x|z) the pixels are drawn from (default 1, as the official "
+                        "evaluation, whatever --temperature is)")
     p.add_argument("--device", type=DEVICE.parser(str), default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 
@@ -50,13 +54,20 @@ def main(argv=None) -> int:
     except (CheckpointError, ConfigError, DatasetUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    options = {}
+    if args.likelihood_temperature != 1.0:
+        if "likelihood_temperature" not in inspect.signature(model.sample).parameters:
+            print(f"error: --likelihood-temperature applies to NVAE checkpoints; this one holds a "
+                  f"{type(model).__name__}, whose samples draw the pixels at t = 1.", file=sys.stderr)
+            return 2
+        options["likelihood_temperature"] = args.likelihood_temperature
     torch.manual_seed(args.seed)
     if args.readjust_bn > 0:
         from .bn_readjust import sample_with_readjusted_bn
 
-        images = sample_with_readjusted_bn(model, args.n, args.temperature, num_passes=args.readjust_bn)
+        images = sample_with_readjusted_bn(model, args.n, args.temperature, num_passes=args.readjust_bn, **options)
     else:
-        images = model.sample(args.n, temperature=args.temperature)
+        images = model.sample(args.n, temperature=args.temperature, **options)
     try:
         grid = image_grid(images)  # (3, H', W')
         image_format = Image.registered_extensions()[Path(args.out).suffix.lower()]

@@ -83,11 +83,19 @@ def test_logistic_mixture_is_normalised(bits, channels):
 
 @pytest.mark.parametrize("bits", [8, 5])
 def test_uniform_likelihood_is_bit_depth_bits_per_dim(bits):
-    """A model giving every one of the 2^bits values probability 2^-bits scores exactly `bits`."""
-    x = torch.randint(0, 2**bits, (4, 3, 8, 8)) / (2**bits - 1)
-    uniform = torch.distributions.Categorical(logits=torch.zeros(2**bits))
-    log_px = uniform.log_prob((x * (2**bits - 1)).round().long()).flatten(1).sum(1)  # (B,)
-    assert torch.allclose(nats_to_bpd(-log_px, 3 * 8 * 8), torch.full((4,), float(bits)))
+    """The library's mixture made uniform (2^bits equal components, one narrow logistic centred on
+    each pixel value) gives every value probability 2^-bits, so any image scores exactly `bits`."""
+    levels = 2**bits
+    per_pixel = torch.cat([torch.zeros(levels),  # equal mixture logits
+                           torch.linspace(-1, 1, levels),  # component means: the pixel values in [-1, 1]
+                           torch.full((levels,), -12.0),  # log-scales: 6e-6, far inside a bin
+                           torch.zeros(levels)])  # (coefficients, unused for one channel)
+    x = torch.randint(0, levels, (4, 1, 8, 8), generator=torch.Generator().manual_seed(bits)) / (levels - 1)
+    params = per_pixel.view(1, -1, 1, 1).expand(4, -1, 8, 8)  # (B, M (1 + 3), H, W)
+    log_px = DiscretizedLogisticMixture(params, 1, bits, log_scale_min=-12.0).log_prob(x)  # (B,)
+    torch.testing.assert_close(nats_to_bpd(-log_px, 8 * 8), torch.full((4,), float(bits)), rtol=1e-5, atol=1e-5)
+    bernoulli = Bernoulli(torch.zeros(4, 1, 8, 8)).log_prob(torch.randint(0, 2, (4, 1, 8, 8)).float())
+    torch.testing.assert_close(nats_to_bpd(-bernoulli, 64), torch.ones(4))  # a fair coin: 1 bit/dim
 
 
 def test_logistic_sample_on_bit_grid_and_concentrates():

@@ -11,9 +11,11 @@ Layout, as in NVlabs/NVAE (``model.AutoEncoder``):
   cell between scales; post-processing cells; ELU-Conv3x3 to the likelihood's parameters.
 
 Images whose side the total downsampling factor 2^(num_preprocess_blocks + num_latent_scales - 1)
-does not divide (28x28 with factor 8, as in the official MNIST model) are reflection-padded to the
-next multiple (32x32), and the likelihood is cropped back, so log p(x|z) covers exactly the real
-pixels.
+does not divide (28x28 with factor 8, as in the official MNIST model) are padded to the next
+multiple (32x32) and the likelihood is cropped back, so log p(x|z) covers exactly the real pixels,
+as the official ``reconstruction_loss(..., crop=True)`` does. Binary images are padded with
+background (0), which is what the official MNIST pipeline's ``Pad(2)`` feeds the network; others
+by reflection.
 """
 from __future__ import annotations
 
@@ -138,7 +140,8 @@ class NVAE(LatentVariableModel):
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Bottom-up pass: the encoder feature every group's posterior reads, top group first."""
         self.check_input(x)
-        x = pad_to_canvas(2 * x - 1, self.canvas).contiguous(memory_format=torch.channels_last)  # in [-1, 1]
+        background = -1.0 if self.bits == 1 else None  # binary images: pixel value 0, i.e. -1 in [-1, 1]
+        x = pad_to_canvas(2 * x - 1, self.canvas, background).contiguous(memory_format=torch.channels_last)  # in [-1, 1]
         h = self.stem(x)  # (B, C_enc, H', W')
         for cell in self.preprocess:
             h = self.checkpointed(cell, h)
@@ -202,16 +205,22 @@ class NVAE(LatentVariableModel):
         return ModelOutput(px.log_prob(x), torch.stack(kl, dim=1), log_ratio, px, extras)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
-        """n images in [0, 1]; temperature t scales every prior sigma (the top N(0, I) too) and the
-        likelihood's spread (logistic scales x t, Bernoulli logits / t)."""
+    def sample(self, n: int, temperature: float = 1.0, likelihood_temperature: float = 1.0) -> torch.Tensor:
+        """n images in [0, 1]; ``temperature`` t scales every prior sigma (the top N(0, I) too).
+
+        ``likelihood_temperature`` scales the likelihood's spread (logistic scales x t, Bernoulli
+        logits / t); 1 by default, as the official evaluation draws the pixels from p(x|z) at t = 1
+        whatever the prior's temperature.
+        """
         s, _, _, _ = self.top_down(n, None, 0, temperature)
-        return self.head(s, temperature).sample(temperature)
+        return self.head(s, likelihood_temperature).sample(likelihood_temperature)
 
     @torch.no_grad()
-    def sample_conditional(self, x: torch.Tensor, num_fixed_groups: int, temperature: float = 1.0) -> torch.Tensor:
+    def sample_conditional(self, x: torch.Tensor, num_fixed_groups: int, temperature: float = 1.0,
+                           likelihood_temperature: float = 1.0) -> torch.Tensor:
         """Images with the top ``num_fixed_groups`` groups drawn from q(z|x), the rest from the prior
-        at ``temperature`` (0: plain samples; all groups: a reconstruction)."""
+        at ``temperature`` (0: plain samples; all groups: a reconstruction); the likelihood at
+        ``likelihood_temperature`` as in :meth:`sample`."""
         if not 0 <= num_fixed_groups <= self.num_groups:
             raise ValueError(f"num_fixed_groups must be between 0 and {self.num_groups} (this NVAE's latent groups), "
                              f"got {num_fixed_groups}.")
@@ -219,7 +228,7 @@ class NVAE(LatentVariableModel):
         if features is None:
             self.check_input(x)
         s, _, _, _ = self.top_down(x.shape[0], features, num_fixed_groups, temperature)
-        return self.head(s, temperature).sample(temperature)
+        return self.head(s, likelihood_temperature).sample(likelihood_temperature)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
