@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from hvae_lib.layers import BatchNorm2d, EncoderCell, GenerativeCell, Swish, frozen_running_stats
+from hvae_lib.layers import (BatchNorm2d, EncoderCell, GenerativeCell, Swish, frozen_running_stats, generative_cell,
+                             use_generative_cell)
 from hvae_lib.memory import count_saved_tensors
 from hvae_lib.models.nvae import NVAE
 from hvae_lib.recompute import BNSwish, checkpoint_block, fuse_bn_swish
@@ -130,6 +131,8 @@ def test_fusing_an_nvae_keeps_its_state_dict_and_gradients_and_saves_memory():
         saved.append(counted.activation_bytes)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-8, atol=1e-10)
     assert saved[1] < 0.9 * saved[0]
+    with pytest.raises(ValueError, match="fused"):  # a cell function would apply each Swish twice
+        use_generative_cell(fused, generative_cell)
 
 
 def test_fused_bn_swish_runs_under_bf16_autocast():

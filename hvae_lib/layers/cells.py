@@ -111,8 +111,12 @@ class GenerativeCell(nn.Module):
     ``upsample=True`` makes it an up cell: nearest 2x upsampling first, C -> C/2, and a
     bilinear-upsample + Conv1x1 skip. The hidden width is ``expansion * C_in``.
 
-    The forward pass is ``function(x, self.layers())``, :func:`generative_cell` unless a cell's
-    ``function`` is set (Chapter 3 trains NVAE with the student's; see :func:`use_generative_cell`).
+    The forward pass is ``skip(x) + 0.1 * branch(x)``, which :func:`generative_cell` computes from
+    the layers by role; a cell whose ``function`` is set computes ``function(x, self.layers())``
+    instead (Chapter 3 trains NVAE with the student's; see :func:`use_generative_cell`). The library's
+    path runs the ``branch`` Sequential itself because that is what Chapter 5's
+    :func:`~hvae_lib.recompute.fuse_bn_swish` rewrites (BN + Swish into one op, the Swish into an
+    identity), which a function calling ``silu`` after each BN would apply twice.
     """
 
     function = None  # None: the library's generative_cell
@@ -147,7 +151,9 @@ class GenerativeCell(nn.Module):
                                bn_depthwise=bns[2], project=convs[2], bn_out=bns[3], se=se, skip=self.skip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.function or generative_cell)(x, self.layers())
+        if self.function is None:
+            return self.skip(x) + 0.1 * self.branch(x)  # = generative_cell(x, self.layers()), fused or not
+        return self.function(x, self.layers())
 
 
 _IDENTITY = nn.Identity()
@@ -166,6 +172,10 @@ def use_generative_cell(module: nn.Module, function=None) -> int:
     """Make every GenerativeCell under ``module`` compute ``function(x, cell.layers())`` (None: the
     library's :func:`generative_cell` again). Returns how many cells it set (Chapter 3's exercise)."""
     cells = [m for m in module.modules() if isinstance(m, GenerativeCell)]
+    if function is not None and any(isinstance(m, nn.Identity) for cell in cells for m in cell.branch):
+        raise ValueError("use_generative_cell: this model's BatchNorm and Swish layers were fused "
+                         "(recompute.fuse_bn_swish), which a cell function cannot see; set the function "
+                         "on an unfused model.")
     for cell in cells:
         cell.function = function
     return len(cells)
