@@ -32,7 +32,7 @@
 # Gaussians are written $\mathcal{N}(\text{mean}, \text{variance})$ throughout, as in Chapter 1.
 #
 # **What to expect.** Full mode takes about 5 minutes on a 2-core CPU when Chapter 3's model is in
-# `runs/ch03_nvae/` (about 6 more otherwise, to train it); most of it goes to four short training
+# `runs/ch03_nvae/` (about 7 more otherwise, to train it); most of it goes to four short training
 # runs of 200 steps of the chapter's model (about 0.2 s per step) and four of 100 steps of a
 # 20-group one. In those runs the spectral regulariser ends with the sum of the reshaped-kernel
 # norms at about 83 against 87 without it, and their product about 20 times smaller — a number to
@@ -102,7 +102,7 @@ if ch3_checkpoint.exists():
     nvae, _, _ = load_model(ch3_checkpoint)
     nvae_bpd = json.loads((ch3_checkpoint.parent / "results.json").read_text())["test_bpd"]
 else:
-    print(f"Chapter 3's run was not found: training its NVAE now ({'seconds' if SMOKE else 'about 6 minutes'}).")
+    print(f"Chapter 3's run was not found: training its NVAE now ({'seconds' if SMOKE else 'about 7 minutes'}).")
     nvae_trainer, nvae_result = train("nvae_fashion_1500", "ch03_nvae")
     nvae, nvae_bpd = nvae_trainer.eval_model.eval(), nvae_result["test_bpd"]
 print(f"Chapter 3 NVAE: {sum(p.numel() for p in nvae.parameters()):,} parameters, {nvae.num_groups} groups "

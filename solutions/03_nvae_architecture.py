@@ -32,8 +32,9 @@
 # Before some measurements you are asked to *predict* the result first (a function returning your
 # guess); the measuring cell prints your prediction beside the number.
 #
-# **What to expect.** Full mode trains NVAE for 1500 steps and takes about 6 minutes on a 2-core
-# CPU (the training itself 5.6 minutes, 0.22 s per step; the whole notebook ran in 364 s).
+# **What to expect.** Full mode trains NVAE for 1500 steps and takes about 7 minutes on a 2-core
+# CPU (the training itself about 6 minutes, 0.22-0.25 s per step; the whole notebook ran in 424 s
+# on one thread, 422 s of it CPU time).
 # The model, 140 000 parameters like the earlier chapters' 107 000 (VAE) and 126 000 (Ladder VAE),
 # reaches about **3.52 bits/dim** on the Fashion-MNIST test set, against 3.71 for Chapter 1's VAE
 # and 3.68 for Chapter 2's Ladder VAE (all three are printed below, the earlier two from their
