@@ -58,6 +58,7 @@ class OptimConfig:
     kl_warmup_start: float = 1e-4
     free_bits: float = 0.0  # nats per latent group below which the KL is not penalised
     kl_balancing: bool = False  # NVAE's per-group KL coefficients while beta < 1
+    loss_per_dim: bool = False  # minimise the loss per data dimension (VDVAE), not per image: grad_clip, skip_threshold and eps are then in those units
 
 
 @dataclass

@@ -208,7 +208,8 @@ class Trainer:
         sizes = extras.get("kl_balance_alpha", extras.get("group_sizes"))  # NVAE's per-group prior weights
         kl_term = kl_objective(out.kl_per_group, beta, o.free_bits, o.kl_balancing, sizes)
         regulariser = self.model.regularization(step) if hasattr(self.model, "regularization") else 0.0
-        return terms.recon + kl_term + regulariser, terms, beta
+        loss = terms.recon + kl_term + regulariser
+        return (loss / self.info.num_dims if o.loss_per_dim else loss), terms, beta
 
     def train_step(self) -> dict:
         o = self.config.optim
