@@ -83,6 +83,13 @@ def lr_factor(step: int, optim) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def should_skip(loss: torch.Tensor, grad_norm: torch.Tensor, skip_threshold: float) -> torch.Tensor:
+    """VDVAE's gradient skipping (Chapter 6): skip the update (a bool tensor) when the loss or the
+    gradient norm is not finite, or when ``skip_threshold`` > 0 and the norm exceeds it."""
+    bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
+    return bad | (grad_norm > skip_threshold) if skip_threshold > 0 else bad
+
+
 def make_optimizer(params, optim) -> torch.optim.Optimizer:
     kinds = {"adamax": torch.optim.Adamax, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
     if optim.optimizer not in kinds:
@@ -220,9 +227,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip or float("inf"))
-        bad = ~torch.isfinite(loss.detach()) | ~torch.isfinite(grad_norm)
-        if o.skip_threshold > 0:
-            bad = bad | (grad_norm > o.skip_threshold)
+        bad = should_skip(loss.detach(), grad_norm, o.skip_threshold)
         if self.world > 1:  # every rank must agree, or the replicas drift apart
             dist.all_reduce(bad := bad.float(), op=dist.ReduceOp.MAX)
         skipped = bool(bad)

@@ -35,7 +35,7 @@ from ..config import ModelConfig, model_family
 from ..likelihoods import Bernoulli, DiscretizedLogisticMixture, LikelihoodHead
 from .base import LatentVariableModel, ModelOutput
 from .vdvae_arch import check_pair, parse_decoder, parse_encoder, parse_widths
-from .vdvae_parts import Encoder, TopDownBlock, Unpool, conv, scale_last_layer
+from .vdvae_parts import Encoder, TopDownBlock, Unpool, conv, official_init_
 
 
 class VDVAE(LatentVariableModel):
@@ -55,18 +55,14 @@ class VDVAE(LatentVariableModel):
         enc_specs, dec_specs = parse_encoder(enc_blocks, h), parse_decoder(dec_blocks, h)
         check_pair(enc_specs, dec_specs, enc_blocks, dec_blocks)
         self.input_mean, self.input_std = float(input_mean), float(input_std)
-        self.encoder = Encoder(c, enc_specs, widths, bottleneck_multiple, scale_residuals)
+        self.encoder = Encoder(c, enc_specs, widths, bottleneck_multiple)
 
         n_dec = len(dec_specs)
         self.dec_blocks = nn.ModuleList()
         self.unpools = nn.ModuleDict()
         for spec in dec_specs:
             r = spec.resolution
-            block = TopDownBlock(widths[r], int(widths[r] * bottleneck_multiple), zdim, r)
-            if scale_residuals:
-                scale_last_layer(block.z_proj, n_dec)
-                scale_last_layer(block.resnet.c4, n_dec)
-            self.dec_blocks.append(block)
+            self.dec_blocks.append(TopDownBlock(widths[r], int(widths[r] * bottleneck_multiple), zdim, r))
             if spec.mixin is not None:
                 self.unpools[str(len(self.dec_blocks) - 1)] = Unpool(unpool, r // spec.mixin, widths[spec.mixin], widths[r])
         self.mixins = [spec.mixin for spec in dec_specs]
@@ -86,6 +82,7 @@ class VDVAE(LatentVariableModel):
         self.group_shapes = [(zdim, r, r) for r in self.layer_resolutions]
         self.num_groups = n_dec
         self.register_buffer("group_sizes", torch.tensor([math.prod(s) for s in self.group_shapes]), persistent=False)
+        official_init_(self, scale_residuals)
 
     # ------------------------------------------------------------------ towers
     def normalise(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,11 +5,11 @@ Module and parameter names follow openai/vdvae's ``vae.py`` where a name is clea
 here, and :mod:`hvae_lib.import_vdvae` maps one onto the other. Layout is NCHW throughout (the
 official model takes NHWC images and permutes them).
 
-Initialisation is the official one, exactly: every convolution has PyTorch's default weights and a
-zero bias; the last convolution of every residual branch (``c4`` of the encoder's blocks and of the
-decoder's ``resnet``) and the z projection are multiplied by sqrt(1 / N), N the number of blocks
-in that tower (Chapter 6, "1/sqrt(N) scaling"); the prior's last convolution starts at zero, so at
-initialisation every prior is N(0, I) and adds nothing to the state.
+Initialisation is the official one, exactly (:func:`official_init_`): every convolution has PyTorch's
+default weights and a zero bias; the last convolution of every residual branch (``c4`` of the
+encoder's blocks and of the decoder's ``resnet``) and the z projection are multiplied by
+sqrt(1 / N), N the number of blocks in that tower (Chapter 6, "1/sqrt(N) scaling"); the prior's last
+convolution starts at zero, so at initialisation every prior is N(0, I) and adds nothing to the state.
 """
 from __future__ import annotations
 
@@ -23,14 +23,9 @@ from ..distributions import DiagonalGaussian
 from .vdvae_arch import EncoderBlockSpec
 
 
-def conv(in_channels: int, out_channels: int, kernel_size: int, zero_weights: bool = False) -> nn.Conv2d:
-    """A 'same' convolution with PyTorch's default weights (or zeros) and a zero bias, as the official get_conv."""
-    c = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
-    with torch.no_grad():
-        c.bias.zero_()
-        if zero_weights:
-            c.weight.zero_()
-    return c
+def conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
+    """A 'same' convolution (the official get_conv; :func:`official_init_` sets its initial values)."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
 
 
 class Block(nn.Module):
@@ -43,14 +38,14 @@ class Block(nn.Module):
     """
 
     def __init__(self, in_width: int, middle_width: int, out_width: int, down_rate: int | None = None,
-                 residual: bool = False, use_3x3: bool = True, zero_last: bool = False):
+                 residual: bool = False, use_3x3: bool = True):
         super().__init__()
         self.down_rate, self.residual = down_rate, residual
         k = 3 if use_3x3 else 1
         self.c1 = conv(in_width, middle_width, 1)
         self.c2 = conv(middle_width, middle_width, k)
         self.c3 = conv(middle_width, middle_width, k)
-        self.c4 = conv(middle_width, out_width, 1, zero_weights=zero_last)
+        self.c4 = conv(middle_width, out_width, 1)
 
     def branch(self, h: torch.Tensor) -> torch.Tensor:
         """c4(gelu(c3(gelu(c2(gelu(h)))))) given h = c1(gelu(x)): the block after its first convolution."""
@@ -72,10 +67,27 @@ def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def scale_last_layer(module: nn.Conv2d, num_blocks: int) -> None:
-    """Multiply a convolution's weight by sqrt(1 / N) in place (the official initialisation; Chapter 6)."""
+def official_init_(model: nn.Module, scale_residuals: bool = True) -> None:
+    """openai/vdvae's initialisation of a VDVAE, in place (Chapter 6, "1/sqrt(N) scaling"):
+
+    - every convolution keeps PyTorch's default weights and gets a zero bias;
+    - the prior's last convolution starts at zero, so every prior is N(0, I) and adds nothing to the state;
+    - with ``scale_residuals``, the last convolution of every residual branch (c4 of the encoder's blocks
+      and of the decoder's ``resnet``) and the z projection are multiplied by sqrt(1 / N), N the number
+      of blocks in that tower (the encoder's, or the decoder's latent layers).
+    """
     with torch.no_grad():
-        module.weight.mul_(math.sqrt(1 / num_blocks))
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                module.bias.zero_()
+        for block in model.dec_blocks:
+            block.prior.c4.weight.zero_()
+        if scale_residuals:
+            for block in model.encoder.enc_blocks:
+                block.c4.weight.mul_(math.sqrt(1 / len(model.encoder.enc_blocks)))
+            for block in model.dec_blocks:
+                block.resnet.c4.weight.mul_(math.sqrt(1 / len(model.dec_blocks)))
+                block.z_proj.weight.mul_(math.sqrt(1 / len(model.dec_blocks)))
 
 
 def pad_channels(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -88,16 +100,13 @@ class Encoder(nn.Module):
     activation at every resolution it visits: the output of the last block that ends there."""
 
     def __init__(self, image_channels: int, specs: list[EncoderBlockSpec], widths: dict[int, int],
-                 bottleneck_multiple: float, scale_residuals: bool = True):
+                 bottleneck_multiple: float):
         super().__init__()
         self.widths = widths
         self.in_conv = conv(image_channels, widths[specs[0].resolution], 3)
         self.enc_blocks = nn.ModuleList(
             Block(widths[s.resolution], int(widths[s.resolution] * bottleneck_multiple), widths[s.resolution],
                   down_rate=s.down_rate, residual=True, use_3x3=s.resolution > 2) for s in specs)
-        if scale_residuals:
-            for block in self.enc_blocks:
-                scale_last_layer(block.c4, len(specs))
 
     def forward(self, x: torch.Tensor, run=None) -> dict[int, torch.Tensor]:
         """{resolution: (B, C_r, r, r)} from normalised images (B, C, H, W); ``run(block, h)`` runs a
@@ -127,7 +136,7 @@ class TopDownBlock(nn.Module):
         self.zdim, self.resolution = zdim, resolution
         use_3x3 = resolution > 2
         self.posterior = Block(2 * width, middle_width, 2 * zdim, use_3x3=use_3x3)  # the official 'enc'
-        self.prior = Block(width, middle_width, 2 * zdim + width, use_3x3=use_3x3, zero_last=True)
+        self.prior = Block(width, middle_width, 2 * zdim + width, use_3x3=use_3x3)
         self.z_proj = conv(zdim, width, 1)
         self.resnet = Block(width, middle_width, width, residual=True, use_3x3=use_3x3)
 
