@@ -495,17 +495,36 @@ assert_matches("skip_update", skip_update, should_skip,
 # The library's training engine applies exactly this rule after clipping (`hvae_lib.engine.should_skip`),
 # agreed across processes under DDP.
 #
-# Now the chapter's model, `vdvae_fashion`: TRAINING_TEXT It is built without the scaling and then
+# Now the chapter's model, `vdvae_fashion`: 13 latent layers (one at 1×1, four at 7×7, seven at 14×14, one at 28×28), width 32, 116,000 parameters like the earlier chapters' models, trained for 1000 steps of 64 images with the official optimiser (AdamW, betas (0.9, 0.9), weight decay 0.01, a constant learning rate after 100 warm-up steps, here 6e-3 for a small model) and CIFAR-10's clipping and skipping thresholds. It is built without the scaling and then
 # initialised by your `vdvae_init_` (exercise 3), the EMA copy with it. The run logs every step, so
 # that the gradient-norm trace below shows every spike.
 
 # %%
+class TrainerWithMoreEMAs(Trainer):
+    """The engine's Trainer, keeping an EMA of the weights for each of ``rates`` beside its own, for the
+    comparison of section 6 (the engine keeps one)."""
+
+    def __init__(self, *args, rates=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.more_emas = {rate: copy.deepcopy(self.model).requires_grad_(False) for rate in rates}
+
+    def train_step(self):
+        record = super().train_step()
+        if not record["skipped"]:  # as the engine's own EMA: skipped updates leave it alone
+            with torch.no_grad():
+                for rate, ema in self.more_emas.items():
+                    for e, p in zip(ema.parameters(), self.model.parameters()):
+                        e.lerp_(p, 1 - rate)
+        return record
+
+
 config = override(get_preset("vdvae_fashion"), {"scale_residuals": False, "log_every": 1, **(SMOKE_CHANGES if SMOKE else {})})
 run_dir = RUNS / ("ch06_vdvae_smoke" if SMOKE else "ch06_vdvae")
 shutil.rmtree(run_dir, ignore_errors=True)  # train afresh each time the notebook runs
-trainer = Trainer(config, run_dir, resume=False)
+trainer = TrainerWithMoreEMAs(config, run_dir, resume=False, rates=(0.9, 0.999))
 init_fn(trainer.model, True)  # your initialisation (or the library's, until exercise 3 passes)
-trainer.ema.load_state_dict(trainer.model.state_dict())
+for ema in [trainer.ema, *trainer.more_emas.values()]:
+    ema.load_state_dict(trainer.model.state_dict())
 print(f"VDVAE with {param_count(trainer.model):,} parameters, {trainer.model.num_groups} latent layers at "
       f"resolutions {trainer.model.layer_resolutions}")
 result = trainer.fit()
@@ -538,7 +557,7 @@ print(f"median norm {norms.median():.2f}, largest {norms.max():.2f}; {int(spikes
       f"({100 * skipped.float().mean():.2f}%)")
 expected = ~torch.isfinite(norms) | (norms > threshold)
 assert torch.equal(skipped, expected)  # the engine skipped exactly the steps the rule names
-SKIP_ASSERTS
+assert skipped.float().mean() < 0.01  # far fewer than one update in a hundred
 
 # %% [markdown]
 # **The silent freeze.** What if the threshold is set below the usual gradient norm — a value
@@ -611,28 +630,37 @@ assert stopped is not None and stopping.step == 20 and "skip_threshold" in stopp
 # %% [markdown]
 # ## 6. The exponential moving average of the weights
 #
-# VDVAE evaluates and samples with an exponential moving average of the weights,
-# $ar	heta \leftarrow ho\,ar	heta + (1 - ho)\,	heta$ after every update that is not skipped
-# ($ho$ = 0.9999 for CIFAR-10, 0.999 for the others; EMA_TEXT). The average smooths out the
-# noise of the last updates, which the raw weights carry.
+# VDVAE evaluates and samples with an exponential moving average (EMA) of the weights,
+# $\bar\theta \leftarrow \rho\,\bar\theta + (1 - \rho)\,\theta$ after every update that is not skipped. The
+# average forgets with a time constant of about $1/(1-\rho)$ updates: $\rho$ = 0.9999 for CIFAR-10
+# (10,000 updates, in a run of a million) and 0.999 for the other datasets. It smooths out the
+# noise of the last updates, which the raw weights carry — but it also lags behind while the model
+# is still improving fast. The run above kept, beside the raw weights, the engine's EMA at
+# $\rho$ = 0.99 (the preset's) and two more: 0.9 and 0.999.
 #
 # **Predict, then run.** On the test set, how many bits/dim better (positive) or worse (negative)
-# are the EMA weights than the raw weights of the same run?
+# than the raw weights are the EMA weights at $\rho$ = 0.999, the official rate for ImageNet and FFHQ,
+# after this run's 1000 updates?
 
 # %% nbgrader={"grade": false, "grade_id": "predict03_ema_gain", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def predicted_ema_gain():
+def predicted_slow_ema_gain():
     ### BEGIN SOLUTION
-    return 0.01  # a little better: the average removes the noise of the last updates
+    return -0.1  # worse: with a time constant of 1000 updates it still remembers the early, worse weights
     ### END SOLUTION
 
 
 # %%
-torch.manual_seed(0)
-raw = evaluate(trainer.model.eval(), data.test, data.info.num_dims, progress=False)
-ema_gain = raw["neg_elbo_bpd"] - vdvae_bpd
-reveal_prediction("EMA gain over the raw weights", predicted_ema_gain, round(ema_gain, 4), " bits/dim")
-print(f"raw weights {raw['neg_elbo_bpd']:.4f} bits/dim, EMA weights {vdvae_bpd:.4f} bits/dim")
-EMA_ASSERTS
+eval_images = torch.utils.data.Subset(data.test, range(min(5000, len(data.test))))
+weights = {"raw": trainer.model, f"EMA {config.optim.ema_rate}": trainer.ema,
+           **{f"EMA {rate}": ema for rate, ema in trainer.more_emas.items()}}
+ema_table = {}
+for name, weights_model in weights.items():
+    torch.manual_seed(0)  # the same posterior noise for every set of weights
+    ema_table[name] = evaluate(weights_model.eval(), eval_images, data.info.num_dims, progress=False)["neg_elbo_bpd"]
+    print(f"{name:11s} {ema_table[name]:.4f} bits/dim on {len(eval_images)} test images")
+reveal_prediction("EMA at 0.999 minus raw, as a gain", predicted_slow_ema_gain,
+                  round(ema_table["raw"] - ema_table["EMA 0.999"], 3), " bits/dim")
+assert ema_table["EMA 0.999"] > ema_table["raw"]  # PROVISIONAL
 
 # %% [markdown]
 # ## 7. Where VDVAE stands on Fashion-MNIST
@@ -653,7 +681,7 @@ plt.tight_layout()
 for r in sorted(set(model.layer_resolutions)):
     share = sum(k for k, res in zip(kl.tolist(), model.layer_resolutions) if res == r) / kl.sum().item()
     print(f"resolution {r:2d}x{r:<2d}: {model.layer_resolutions.count(r):2d} layers, {100 * share:5.1f}% of the KL")
-KL_ASSERTS
+assert kl.sum() > 0  # PROVISIONAL
 
 # %% [markdown]
 # Samples from the prior at temperature 1 and 0.8 (temperature scales every prior $\sigma$, as in the
@@ -692,7 +720,8 @@ for i, value in enumerate(values):
 plt.xlabel("test negative ELBO (bits/dim, lower is better)")
 plt.xlim(min(values) - 0.3, max(values) + 0.15)
 plt.tight_layout()
-RESULT_ASSERTS
+if not SMOKE:
+    assert vdvae_bpd < results["Chapter 1: VAE"][0]  # PROVISIONAL
 
 # %% [markdown]
 # RESULT_TEXT
