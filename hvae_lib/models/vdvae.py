@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, model_family
+from ..config import ModelConfig, key, model_family
 from ..likelihoods import Bernoulli, DiscretizedLogisticMixture, LikelihoodHead
 from .base import LatentVariableModel, ModelOutput
 from .vdvae_arch import check_pair, parse_decoder, parse_encoder, parse_widths
@@ -202,18 +202,20 @@ class VDVAEConfig(ModelConfig):
     ``dec_blocks``, ``custom_width_str``, ``no_bias_above``, ``num_mixtures``, ...)."""
 
     family: str = "vdvae"
-    width: int = 384
-    zdim: int = 16
-    enc_blocks: str = "32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3"
-    dec_blocks: str = "1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21"
-    bottleneck_multiple: float = 0.25
-    custom_width_str: str = ""  # "R:W,...": width W at resolution R instead of `width`
-    no_bias_above: int = 64  # learned bias inputs at resolutions up to this one, zeros above
-    num_mixtures: int = 10
-    input_mean: float = 127.5  # the encoder's input normalisation, in 8-bit units (official per dataset)
-    input_std: float = 127.5
+    width: int = key(384, at_least=4)
+    zdim: int = key(16, at_least=1)
+    enc_blocks: str = key("32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3",
+                          anything="an encoder string such as 32x11,32d2,... (checked by the model, Chapter 6)")
+    dec_blocks: str = key("1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21",
+                          anything="a decoder string such as 1x1,4m1,4x2,... (checked by the model, Chapter 6)")
+    bottleneck_multiple: float = key(0.25, above=0, at_most=1)
+    custom_width_str: str = key("", anything="R:W pairs")  # "R:W,...": width W at resolution R instead of `width`
+    no_bias_above: int = key(64, at_least=0)  # learned bias inputs at resolutions up to this one, zeros above
+    num_mixtures: int = key(10, at_least=1)
+    input_mean: float = key(127.5)  # the encoder's input normalisation, in 8-bit units (official per dataset)
+    input_std: float = key(127.5, above=0)
     scale_residuals: bool = True  # the 1/sqrt(N) initialisation of the last layer of residual branches
-    unpool: str = "nearest"  # nearest | learned (Chapter 6's ablation, the paper's Fig. 5)
+    unpool: str = key("nearest", one_of=("nearest", "learned"))  # nearest | learned (Chapter 6's ablation, the paper's Fig. 5)
 
     def build(self, image_shape, bits, likelihood):
         kwargs = {k: v for k, v in asdict(self).items() if k != "family"}
