@@ -12,7 +12,8 @@ from hvae_lib.data import dataset_info
 from hvae_lib.engine import Trainer, build_model
 from hvae_lib.memory import count_saved_tensors
 from hvae_lib.models.vdvae import VDVAE
-from hvae_lib.models.vdvae_arch import DecoderBlockSpec, EncoderBlockSpec, parse_decoder, parse_encoder, parse_widths
+from hvae_lib.models.vdvae_arch import (DecoderBlockSpec, EncoderBlockSpec, parse_decoder, parse_encoder, parse_widths,
+                                        width_for_budget)
 
 CIFAR_ENC = "32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3"
 CIFAR_DEC = "1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21"
@@ -220,6 +221,29 @@ def test_learned_unpooling_and_lower_bit_depths():
     assert five_bit(x).likelihood.bits == 5
     s = five_bit.sample(2)
     assert torch.equal(s, torch.round(s * 31) / 31)  # on the 5-bit grid
+
+
+def test_width_for_budget_picks_the_closest_multiple():
+    quadratic = lambda w: 10 * w * w  # noqa: E731
+    assert width_for_budget(quadratic, 10 * 26 * 26) == 24  # 5760 and 7840 around 6760: 24 is closer
+    assert width_for_budget(quadratic, 10 * 28 * 28, multiple=4) == 28  # exactly
+    assert width_for_budget(lambda w: w, 6) == 4  # a tie (4 and 8) goes to the smaller width
+    assert width_for_budget(quadratic, 10**12, max_width=64) == 64  # capped
+    assert width_for_budget(quadratic, 0) == 4
+    # Real models: a shallower decoder needs a wider model for the same budget.
+    def size(dec_blocks):
+        def count(width):
+            with torch.device("meta"):
+                return sum(p.numel() for p in VDVAE((1, 28, 28), 8, width=width, zdim=4, num_mixtures=5,
+                                                    enc_blocks="28x1,28d2,14x2,14d2,7x2,7d7,1x1",
+                                                    dec_blocks=dec_blocks).parameters())
+        return count
+    deep, shallow = size("1x1,7m1,7x12,14m7,28m14"), size("1x1,7m1,14m7,28m14")
+    budget = deep(16)
+    width = width_for_budget(shallow, budget)
+    assert width > 16 and abs(shallow(width) - budget) <= min(abs(shallow(w) - budget) for w in (width - 4, width + 4))
+    with pytest.raises(ValueError, match="multiple"):
+        width_for_budget(quadratic, 100, multiple=0)
 
 
 def test_custom_widths_pad_and_slice_channels():

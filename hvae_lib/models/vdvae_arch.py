@@ -19,6 +19,7 @@ it stands, and a bad one is a one-sentence :class:`ValueError` that names it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _TOKEN = re.compile(r"^(\d+)(?:([xdm])(\d+))?$")
@@ -126,6 +127,23 @@ def parse_widths(text: str, width: int) -> dict[int, int]:
                              f"resolution R), e.g. '512:32,256:64'.")
         widths[int(match.group(1))] = int(match.group(2))
     return _Widths(widths, width)
+
+
+def width_for_budget(param_count: Callable[[int], int], budget: int, multiple: int = 4, max_width: int = 1024) -> int:
+    """The width W, a multiple of ``multiple`` in [multiple, max_width], whose model size ``param_count(W)``
+    is closest to ``budget`` (the smaller W on a tie): how Chapter 6b sizes models of different depths
+    to the same number of parameters (the paper's Table 1). ``param_count`` must grow with W."""
+    if multiple < 1 or max_width < multiple:
+        raise ValueError(f"width_for_budget needs 1 <= multiple <= max_width, got multiple {multiple} and "
+                         f"max_width {max_width}.")
+    best, best_gap = multiple, None
+    for width in range(multiple, max_width + 1, multiple):
+        gap = abs(param_count(width) - budget)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = width, gap
+        elif param_count(width) > budget:  # growing and already past the budget: no closer width follows
+            break
+    return best
 
 
 class _Widths(dict):
