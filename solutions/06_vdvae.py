@@ -29,7 +29,18 @@
 # 6. the exponential moving average of the weights at evaluation, and where VDVAE stands on
 #    Fashion-MNIST next to Chapters 1–4.
 #
-# **What to expect.** FILLED AFTER THE FULL RUN.
+# **What to expect.** Full mode takes about 7.5 minutes of CPU time on one thread, most of it the
+# 1000 training steps of the chapter's 116,004-parameter, 13-layer VDVAE (10.3 minutes of wall time on
+# a shared 2-core machine at load 5). That model reaches **3.345 bits/dim** on the Fashion-MNIST test
+# set with its EMA weights, below Chapters 3–4's NVAE (3.519), the Ladder VAE (3.688) and the VAE
+# (3.713). On the way: at initialisation the top-down state's variance stays at 1/3 with the 1/√N
+# scaling and grows as N/3 without it (32 at 96 layers); the gradient norm spikes to five times its
+# median, far below the skip threshold (no update is skipped); the official loop with a threshold a
+# hundred times too low leaves every weight exactly where it was, without a word, while the engine
+# stops after 20 skipped updates with one sentence; an EMA at ρ = 0.99 evaluates 0.05 bits/dim better
+# than the raw weights, one at ρ = 0.999 1.6 bits/dim worse. With `HVAE_SMOKE=1` the chapter trains 20
+# steps on 512 images and runs in under a minute; its numbers mean nothing, and the asserts that need
+# a trained model are skipped.
 #
 # Chapter 6b (`06b_vdvae_experiments`) runs the paper's ablations in small: 1/√N scaling against
 # none in deep models (Table 3), nearest-neighbour against learned unpooling (Fig. 5), and depth
@@ -558,6 +569,23 @@ print(f"median norm {norms.median():.2f}, largest {norms.max():.2f}; {int(spikes
 expected = ~torch.isfinite(norms) | (norms > threshold)
 assert torch.equal(skipped, expected)  # the engine skipped exactly the steps the rule names
 assert skipped.float().mean() < 0.01  # far fewer than one update in a hundred
+if not SMOKE:
+    assert spikes.sum() >= 5 and norms.max() > 4 * norms.median()  # isolated spikes, several times the median
+    assert norms.max() < threshold / 10  # this small model never comes near CIFAR-10's threshold
+
+# %% [markdown]
+# The threshold is set for the paper's models, far above anything this small model produces: no
+# update was skipped. How large a share *would* lower thresholds have dropped on this trace? (An
+# estimate: skipping a step changes the steps after it.)
+
+# %%
+multiples = (10, 5, 3, 2)
+shares = [(norms > m * norms.median()).float().mean().item() for m in multiples]
+for m, share in zip(multiples, shares):
+    print(f"threshold {m:2d} x the median norm ({m * norms.median():6.2f}): {100 * share:5.2f}% of these updates above it")
+assert all(a <= b for a, b in zip(shares, shares[1:]))  # a lower threshold drops more
+if not SMOKE:
+    assert shares[0] < 0.01 < shares[-1]  # 10x the median: almost none; 2x: a real share of the updates
 
 # %% [markdown]
 # **The silent freeze.** What if the threshold is set below the usual gradient norm — a value
@@ -645,7 +673,7 @@ assert stopped is not None and stopping.step == 20 and "skip_threshold" in stopp
 # %% nbgrader={"grade": false, "grade_id": "predict03_ema_gain", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def predicted_slow_ema_gain():
     ### BEGIN SOLUTION
-    return -0.1  # worse: with a time constant of 1000 updates it still remembers the early, worse weights
+    return -1.5  # far worse: 0.999 ** 1000 = 0.37 of the average is still the initial weights
     ### END SOLUTION
 
 
@@ -660,9 +688,19 @@ for name, weights_model in weights.items():
     print(f"{name:11s} {ema_table[name]:.4f} bits/dim on {len(eval_images)} test images")
 reveal_prediction("EMA at 0.999 minus raw, as a gain", predicted_slow_ema_gain,
                   round(ema_table["raw"] - ema_table["EMA 0.999"], 3), " bits/dim")
-assert ema_table["EMA 0.999"] > ema_table["raw"]  # PROVISIONAL
+assert ema_table["EMA 0.999"] > ema_table["raw"]  # the slow average lags behind the raw weights
+if not SMOKE:  # after 20 smoke steps every average still remembers the initialisation
+    assert ema_table[f"EMA {config.optim.ema_rate}"] < ema_table["raw"] and ema_table["EMA 0.9"] < ema_table["raw"]
+    assert ema_table["EMA 0.999"] > ema_table["raw"] + 1.0
 
 # %% [markdown]
+# The averages at $\rho$ = 0.9 and 0.99 (time constants of 10 and 100 updates) evaluate 0.05–0.07
+# bits/dim better than the raw weights: at a constant, fairly high learning rate the raw weights
+# carry the noise of the last few updates, and the average removes it. The average at 0.999 is 1.6
+# bits/dim *worse*: after 1000 updates, $0.999^{1000} = e^{-1} \approx 37\%$ of it is still the initial
+# weights. The rate has to fit the length of the run — the paper's runs last a million updates or
+# more, against which 0.9999's time constant of 10,000 is short.
+#
 # ## 7. Where VDVAE stands on Fashion-MNIST
 #
 # The KL of every latent layer on test images, top (1×1) first, and the cumulative rate: how the
@@ -681,7 +719,11 @@ plt.tight_layout()
 for r in sorted(set(model.layer_resolutions)):
     share = sum(k for k, res in zip(kl.tolist(), model.layer_resolutions) if res == r) / kl.sum().item()
     print(f"resolution {r:2d}x{r:<2d}: {model.layer_resolutions.count(r):2d} layers, {100 * share:5.1f}% of the KL")
-assert kl.sum() > 0  # PROVISIONAL
+shares = {r: sum(k for k, res in zip(kl.tolist(), model.layer_resolutions) if res == r) / kl.sum().item()
+          for r in sorted(set(model.layer_resolutions))}
+assert kl.sum() > 0 and (kl >= 0).all()
+if not SMOKE:
+    assert shares[14] > 0.5 and shares[28] < 0.01  # most of the information at 14x14, next to none at 28x28
 
 # %% [markdown]
 # Samples from the prior at temperature 1 and 0.8 (temperature scales every prior $\sigma$, as in the
@@ -708,8 +750,8 @@ def chapter_result(run, fallback):
     return fallback, "the figure stated in its chapter (run not found)"
 
 
-results = {"Chapter 1: VAE": chapter_result("ch01_vae", 3.71), "Chapter 2: Ladder VAE": chapter_result("ch02_lvae", 3.685),
-           "Chapters 3-4: NVAE": chapter_result("ch03_nvae", 3.52), "Chapter 6: VDVAE": (vdvae_bpd, run_dir.as_posix())}
+results = {"Chapter 1: VAE": chapter_result("ch01_vae", 3.713), "Chapter 2: Ladder VAE": chapter_result("ch02_lvae", 3.688),
+           "Chapters 3-4: NVAE": chapter_result("ch03_nvae", 3.519), "Chapter 6: VDVAE": (vdvae_bpd, run_dir.as_posix())}
 for name, (bpd, source) in results.items():
     print(f"{name:22s} {bpd:.3f} bits/dim   ({source})")
 plt.figure(figsize=(7, 2.6))
@@ -721,10 +763,17 @@ plt.xlabel("test negative ELBO (bits/dim, lower is better)")
 plt.xlim(min(values) - 0.3, max(values) + 0.15)
 plt.tight_layout()
 if not SMOKE:
-    assert vdvae_bpd < results["Chapter 1: VAE"][0]  # PROVISIONAL
+    assert vdvae_bpd < results["Chapters 3-4: NVAE"][0] < results["Chapter 2: Ladder VAE"][0] < results["Chapter 1: VAE"][0]
 
 # %% [markdown]
-# RESULT_TEXT
+# At the size of the earlier chapters' models (116,004 parameters, against the VAE's 107,476 and
+# NVAE's 140,080) and after a few CPU minutes of training, the Very Deep VAE reaches the lowest
+# negative ELBO of the course: 3.345 bits/dim, 0.17 below NVAE, with none of NVAE's normalisation,
+# squeeze-and-excitation or KL-taming, only depth, a careful initialisation and the official
+# optimiser. One run each, with each chapter's own budget of steps, so the gaps are indicative,
+# not a benchmark. The KL per layer shows where the model puts its information: three quarters of
+# it in the seven layers at 14×14, a fifth at 7×7, next to nothing in the single 28×28 layer — the
+# pixel-level detail is left to the logistic-mixture likelihood.
 #
 # ## Summary
 #
