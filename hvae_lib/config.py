@@ -84,6 +84,7 @@ class OptimConfig:
     kl_warmup_start: float = key(1e-4, at_least=0, at_most=1)
     free_bits: float = key(0.0, at_least=0)  # nats per latent group below which the KL is not penalised
     kl_balancing: bool = False  # NVAE's per-group KL coefficients while beta < 1
+    loss_per_dim: bool = False  # minimise the loss per data dimension (VDVAE), not per image: grad_clip, skip_threshold and eps are then in those units
 
 
 @dataclass
@@ -211,7 +212,7 @@ def _check_value(value, annotation, path: str):
 
 def _lr_min_at_most_lr(config: Config) -> str:
     o = config.optim
-    if o.lr_min <= o.lr:
+    if o.schedule != "cosine" or o.lr_min <= o.lr:
         return ""
     return (f"Config key optim.lr_min must be <= optim.lr (the cosine decays from lr down to lr_min), "
             f"got {o.lr_min} > {o.lr}.")

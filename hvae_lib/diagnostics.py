@@ -4,14 +4,15 @@ Every function here needs only the common model interface: ``model(x)`` returnin
 :class:`~hvae_lib.models.base.ModelOutput` with ``kl_per_group`` and ``extras["posterior_means"]``,
 and ``model.sample_conditional(x, num_fixed_groups, temperature)``.
 
-- :func:`kl_per_group` and :func:`plot_cumulative_rate`: how many nats each group carries, and the
-  cumulative rate from the top group down (VDVAE's Fig. 5).
+- :func:`kl_per_group`, :func:`cumulative_rate` and :func:`plot_cumulative_rate`: how many nats each
+  group carries, and the cumulative rate from the top group down (VDVAE's Fig. 5).
 - :func:`active_units`: Burda et al.'s (2016) count of latent units the encoder actually uses.
 - :func:`fixed_top_grid` and :func:`plot_fixed_top_grid`: images with the top k groups from q(z|x)
   and the rest from the prior, which shows what each depth of the hierarchy decides (VDVAE's Fig. 4).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -60,6 +61,18 @@ def kl_per_group(model, images, batch_size: int = 256) -> torch.Tensor:
     return (total / count).float().cpu()
 
 
+def cumulative_rate(kl_per_group, num_dims: int | None = None) -> torch.Tensor:
+    """The cumulative rate from the top group down, R_l = sum_{j <= l} KL_j: (L,) in nats per image, or
+    in bits per data dimension, R_l / (num_dims ln 2), when ``num_dims`` is given (VDVAE's Fig. 5;
+    Chapter 6b)."""
+    kl = torch.as_tensor(kl_per_group)
+    if kl.dim() != 1:
+        raise ValueError(f"cumulative_rate expects the KL of each group as a vector (L,), got shape "
+                         f"{tuple(kl.shape)}; average over the batch first (e.g. kl_per_group(model, images)).")
+    rate = kl.cumsum(0)
+    return rate if num_dims is None else rate / (num_dims * math.log(2))
+
+
 def plot_cumulative_rate(kl_per_group, ax=None, title: str = "Cumulative rate"):
     """Line plot of the cumulative rate sum_{j <= l} KL_j against the group index l (top = 0), in nats
     per image (Chapter 2; VDVAE's Fig. 5)."""
@@ -71,7 +84,7 @@ def plot_cumulative_rate(kl_per_group, ax=None, title: str = "Cumulative rate"):
                          f"{tuple(kl.shape)}; average over the batch first (e.g. kl_per_group(model, images)).")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3))
-    ax.plot(range(len(kl)), kl.cumsum(0).numpy(), marker="o")
+    ax.plot(range(len(kl)), cumulative_rate(kl).numpy(), marker="o")
     ax.set_xlabel("latent group (top = 0)")
     ax.set_ylabel("cumulative KL (nats / image)")
     ax.set_title(title)

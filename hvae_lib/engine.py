@@ -83,6 +83,13 @@ def build_data_and_model(config: Config):
     return data, build_model(config, data.info)
 
 
+def should_skip(loss: torch.Tensor, grad_norm: torch.Tensor, skip_threshold: float) -> torch.Tensor:
+    """VDVAE's gradient skipping (Chapter 6): skip the update (a bool tensor) when the loss or the
+    gradient norm is not finite, or when ``skip_threshold`` > 0 and the norm exceeds it."""
+    bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
+    return bad | (grad_norm > skip_threshold) if skip_threshold > 0 else bad
+
+
 class Trainer(CleanStop):
     """Owns the model, optimiser, EMA and state of one run in ``out_dir``; :meth:`fit` trains.
 
@@ -233,7 +240,8 @@ class Trainer(CleanStop):
             if not isinstance(objective, torch.Tensor) or objective.dim() != 0:
                 got = f"shape {tuple(objective.shape)}" if isinstance(objective, torch.Tensor) else type(objective).__name__
                 raise TrainingError(f"loss_fn must return a scalar tensor (the loss averaged over the batch), got {got}.")
-        return objective + regulariser, terms, beta
+        loss = objective + regulariser
+        return (loss / self.info.num_dims if o.loss_per_dim else loss), terms, beta
 
     def train_step(self) -> dict:
         o = self.config.optim
@@ -244,9 +252,7 @@ class Trainer(CleanStop):
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip or float("inf"))
-        bad = ~torch.isfinite(loss.detach()) | ~torch.isfinite(grad_norm)
-        if o.skip_threshold > 0:
-            bad = bad | (grad_norm > o.skip_threshold)
+        bad = should_skip(loss.detach(), grad_norm, o.skip_threshold)
         if self.world > 1:  # every rank must agree, or the replicas drift apart; so must their stop requests
             stop = [float(self.signals.signum or 0) if self.signals else 0.0, float(self._failure is not None)]
             flags = torch.cat([bad.float().reshape(1), torch.tensor(stop, device=bad.device)])

@@ -1,5 +1,7 @@
 """Diagnostics of latent groups (Chapter 2): KL per group, cumulative rate, active units, and
 samples with the top k groups fixed to the posterior."""
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -9,8 +11,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from hvae_lib.diagnostics import (active_units, fixed_top_grid, kl_per_group, plot_cumulative_rate,  # noqa: E402
-                                  plot_fixed_top_grid)
+from hvae_lib.diagnostics import (active_units, cumulative_rate, fixed_top_grid, kl_per_group,  # noqa: E402
+                                  plot_cumulative_rate, plot_fixed_top_grid)
 from hvae_lib.models.base import ModelOutput  # noqa: E402
 from hvae_lib.models.lvae import LadderVAE  # noqa: E402
 
@@ -65,6 +67,15 @@ def test_cumulative_rate_plot_has_one_point_per_group():
     plt.close("all")
     with pytest.raises(ValueError, match="vector"):
         plot_cumulative_rate(torch.zeros(2, 3))
+
+
+def test_cumulative_rate_in_nats_and_in_bits_per_dimension():
+    ln2 = math.log(2)
+    kl = torch.tensor([784 * ln2, 0.0, 2 * 784 * ln2])  # 1 bit/dim, nothing, 2 bits/dim
+    assert torch.allclose(cumulative_rate(kl), torch.tensor([784 * ln2, 784 * ln2, 3 * 784 * ln2]))
+    assert torch.allclose(cumulative_rate(kl, num_dims=784), torch.tensor([1.0, 1.0, 3.0]))
+    with pytest.raises(ValueError, match="vector"):
+        cumulative_rate(torch.zeros(2, 3))
 
 
 def sharp_lvae():
