@@ -122,6 +122,7 @@ class GaussianHierarchy(nn.Module):
 
         Exact for L = 1. For L >= 2 a lower bound in expectation (Jensen) that tightens as K grows.
         """
+        _check_points(x)
         if self.num_layers == 1:
             mu, sigma = self.top()
             return _log_normal(x[:, None], mu[None, None], sigma[None, None])[:, 0]
@@ -150,6 +151,7 @@ class GaussianHierarchy(nn.Module):
 
     def log_prob_grid(self, x: torch.Tensor, axis: torch.Tensor, chunk: int = 512) -> torch.Tensor:
         """log p(z_L = x), (B,): z_{L-1}'s density on the grid, the last conditional at the points."""
+        _check_points(x)
         if self.num_layers == 1:
             return self.log_prob_mc(x)
         prev = self.grid_marginals(axis)[-2].flatten()  # (G*G,) density of z_{L-1}
@@ -159,6 +161,11 @@ class GaussianHierarchy(nn.Module):
         parts = [torch.logsumexp(log_w + _log_normal(x[i:i + chunk, None], mu[None], sigma[None]), dim=1)
                  for i in range(0, len(x), chunk)]
         return torch.cat(parts)
+
+
+def _check_points(x: torch.Tensor) -> None:
+    if x.dim() != 2 or x.shape[1] != 2:
+        raise ValueError(f"GaussianHierarchy scores 2-D points of shape (B, 2), got a tensor of shape {tuple(x.shape)}.")
 
 
 def _log_normal(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -188,6 +195,10 @@ def marginal_step(density: torch.Tensor, axis: torch.Tensor, mu: torch.Tensor, s
     (G, G). A diagonal Gaussian factorises over the two coordinates, so the double sum is the
     matrix product A^T diag(w) B of (G*G, G) tables: G^3 work per coordinate, not G^4.
     """
+    g = len(axis)
+    if density.shape != (g, g) or mu.shape != (g, g, 2) or sigma.shape != (g, g, 2):
+        raise ValueError(f"marginal_step expects density (G, G) and mu, sigma (G, G, 2) for an axis of G = {g} points; "
+                         f"got {tuple(density.shape)}, {tuple(mu.shape)}, {tuple(sigma.shape)}.")
     h = float(axis[1] - axis[0])
     w = (density * h * h).reshape(-1)  # (N,) with N = G*G source cells
     m, s = mu.reshape(-1, 2), sigma.reshape(-1, 2)  # (N, 2)

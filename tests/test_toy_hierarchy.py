@@ -115,3 +115,7 @@ def test_bad_arguments_get_one_clear_sentence():
         GaussianHierarchy(0)
     with pytest.raises(ValueError, match="between 2 and 3"):
         GaussianHierarchy(3).conditional(1, torch.zeros(1, 2))
+    with pytest.raises(ValueError, match=r"shape \(B, 2\)"):
+        GaussianHierarchy(2).log_prob_grid(torch.zeros(4, 3), grid_axis(size=8))
+    with pytest.raises(ValueError, match="G = 8"):
+        marginal_step(torch.zeros(8, 8), grid_axis(size=8), torch.zeros(8, 8, 3), torch.ones(8, 8, 2))
