@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 RUN ?= runs/vae_fashion
+COURSE ?= course
 
-.PHONY: setup train test unit notebooks-check notebooks-run sync lab refresh-solutions clean
+.PHONY: setup train test unit notebooks-check notebooks-run sync lab refresh-solutions assignments clean
 
 setup: $(STAMP) $(if $(wildcard $(FASHION)),,debian-data)
 
@@ -47,6 +48,11 @@ sync: setup
 
 refresh-solutions: setup
 	$(PY) tools/notebooks.py execute solutions/*.py
+
+# The nbgrader course folder (docs/instructors.md). Unlike the other targets this one never
+# reinstalls an existing .venv (it only reads the notebooks): setup runs only when .venv is missing.
+assignments: $(if $(wildcard $(PY)),,setup)
+	$(PY) tools/assignments.py build --out $(COURSE)
 
 lab: setup
 	$(VENV)/bin/jupyter lab

@@ -12,13 +12,21 @@ from hvae_lib.config import get_preset, override
 from hvae_lib.data import Datasets, DatasetInfo, ImageDataset, dataset_info
 
 # Every setting names both keys: the paper presets default to bf16, so an empty override is not fp32.
-SETTINGS = {
+PRECISION_SETTINGS = {
     "fp32": ["precision=fp32", "grad_checkpointing=false"],
     "fp32 + grad checkpointing": ["precision=fp32", "grad_checkpointing=true"],
     "fp16 (NVAE's amp)": ["precision=fp16", "grad_checkpointing=false"],
     "bf16": ["precision=bf16", "grad_checkpointing=false"],
     "bf16 + grad checkpointing": ["precision=bf16", "grad_checkpointing=true"],
 }
+# The speed switches (issue 12): torch.compile of the training forward, and the NHWC memory layout.
+SPEED_SETTINGS = {
+    "fp32 + compile": ["precision=fp32", "grad_checkpointing=false", "compile=true"],
+    "fp32 + channels-last": ["precision=fp32", "grad_checkpointing=false", "channels_last=true"],
+    "fp32 + compile + channels-last": ["precision=fp32", "grad_checkpointing=false", "compile=true", "channels_last=true"],
+    "bf16 + compile": ["precision=bf16", "grad_checkpointing=false", "compile=true"],
+}
+SETTINGS = {**PRECISION_SETTINGS, **SPEED_SETTINGS}
 
 
 def random_images(info: DatasetInfo, n: int, seed: int = 0) -> Datasets:

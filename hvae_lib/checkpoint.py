@@ -3,16 +3,15 @@
 A checkpoint is a plain dict of tensors and primitives, so ``torch.load(weights_only=True)`` reads
 it: a file carrying arbitrary pickled objects is refused before any of its code runs (NVAE's
 checkpoints hold a pickled argparse namespace and need that safety switched off). Writes are atomic:
-a temp file in the same folder, fsync, then ``os.replace``, so a ``kill -9`` at any moment leaves
-either the old checkpoint or the new one, never half of one.
+a temp file in the same folder, fsync, then ``os.replace``, so a ``kill -9``, a second Ctrl-C or a
+full disk at any moment leaves either the old checkpoint or the new one, never half of one.
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 import pickle
 import random
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .safe_write import write_atomic
 
 FORMAT = "hvae_lib.checkpoint/1"
 
@@ -32,28 +32,11 @@ def save_atomic(obj: dict, path: str | Path) -> None:
     """torch.save to a temp file beside ``path``, fsync it, then atomically replace ``path``.
 
     A writer killed mid-save (``kill -9``) leaves its temp file behind; the next save removes such
-    leftovers, so at most one accumulates. Only one process may write a given ``path`` at a time.
+    leftovers, so at most one accumulates. A full or read-only disk raises
+    :class:`~hvae_lib.safe_write.WriteError` and leaves ``path`` as it was. Only one process may
+    write a given ``path`` at a time.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -81,6 +64,30 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             f"train with `python -m hvae_lib.train` to make one."
         )
     return ckpt
+
+
+def check_compatible(saved: dict, config, path: Path, info=None) -> None:
+    """Refuse, in one sentence naming the keys, a checkpoint of another model, optimiser or data.
+
+    Without ``info`` (before the data is loaded): the keys that fix the shapes of the weights and
+    the optimiser state; with it: the image shape and bit depth the data gives.
+    """
+    from .config import from_dict, to_dict
+
+    old, new = to_dict(from_dict(saved["config"])), to_dict(config)
+    if info is None:
+        pairs = {f"model.{k}": (old["model"].get(k), new["model"].get(k)) for k in old["model"] | new["model"]}
+        pairs["data.name"] = (old["data"]["name"], new["data"]["name"])
+        pairs["optim.optimizer"] = (old["optim"]["optimizer"], new["optim"]["optimizer"])
+    else:
+        pairs = {f"data {k}": (saved["data_info"].get(k), v) for k, v in dataclasses.asdict(info).items()}
+    diffs = [f"{key}={a!r} there but {b!r} here" for key, (a, b) in sorted(pairs.items())
+             if (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b)]
+    if diffs:
+        raise CheckpointError(
+            f"{path} comes from another model or config ({'; '.join(diffs)}), so this run cannot resume it: "
+            f"use the same preset and keys, or a fresh --out folder (or --fresh)."
+        )
 
 
 def _unreadable(path: Path, err: Exception) -> CheckpointError:

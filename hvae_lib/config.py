@@ -4,6 +4,27 @@ A run is described by one :class:`Config` = model + data + optim + run. Keys are
 (``model.latent_dim``); a leaf whose name is unique across the config can be given alone
 (``max_steps``, ``precision``, ``seed``). Unknown keys and wrong types are errors that name the
 valid keys: a typo never silently does nothing.
+
+Every key declares the values it accepts, beside its default, with :func:`key` (from
+:mod:`hvae_lib.ranges`)::
+
+    @model_family("mine")
+    @dataclass
+    class MyConfig(ModelConfig):
+        family: str = "mine"
+        channels: int = key(32, at_least=1)                      # an int >= 1
+        dropout: float = key(0.0, at_least=0, below=1)           # a finite float in [0, 1)
+        merge: str = key("sum", one_of=("sum", "concat"))
+        widths: tuple[int, ...] = key((16, 32), at_least=1)      # each element; not empty
+        use_se: bool = True                                      # a bool needs no range
+
+Bounds are ``at_least``/``above``/``at_most``/``below``; ``one_of`` (a tuple, or a function
+returning one), ``pattern`` (a regular expression, with ``pattern_text`` to show), ``power_of_two``,
+and ``anything="what it is"`` for free text such as a path. :func:`validate` checks every key of a
+config, its type and its range, and the rules between keys in :data:`RULES`, before any work
+starts; a value outside gives one sentence naming the key, its range and the value. A key of a
+type other than bool without a declared range fails ``tests/test_config.py``, which walks every
+key of every registered family with a value outside its range.
 """
 from __future__ import annotations
 
@@ -13,9 +34,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-
-class ConfigError(ValueError):
-    """A configuration key or value the user gave does not fit the config."""
+from .ranges import ConfigError, Range, key, range_of  # noqa: F401  (ConfigError and key are imported from here)
 
 
 @dataclass
@@ -28,53 +47,63 @@ class ModelConfig:
         raise ConfigError(f"Model family {self.family!r} has no builder.")
 
 
+def _datasets() -> tuple[str, ...]:
+    from .data import DATASETS
+
+    return DATASETS
+
+
 @dataclass
 class DataConfig:
-    name: str = "fashion_mnist"
-    root: str = ""  # empty: $HVAE_DATA_ROOT or <repo>/data
-    resolution: int = 32  # only for the procedural 'shapes' dataset
-    train_limit: int = 0  # 0 = the whole split
-    test_limit: int = 0
+    name: str = key("fashion_mnist", one_of=_datasets)
+    root: str = key("", anything="a folder (empty: $HVAE_DATA_ROOT or <repo>/data)")
+    resolution: int = key(32, at_least=8, power_of_two=True)  # only for the procedural 'shapes' dataset
+    train_limit: int = key(0, at_least=0)  # 0 = the whole split
+    test_limit: int = key(0, at_least=0)
+    horizontal_flip: bool = False  # mirror training images at random (NVAE's augmentation of CIFAR-10)
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "adamax"  # adamax | adamw | adam
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | constant
-    lr_min: float = 1e-4
-    schedule_steps: int = 0  # length of the cosine decay; 0 = max_steps
-    batch_size: int = 128
-    max_steps: int = 1000
-    grad_clip: float = 200.0  # clip the global gradient norm to this
-    skip_threshold: float = 0.0  # skip the update when the norm exceeds this (0 = never skip on size)
-    max_consecutive_skips: int = 50  # then stop with an error instead of freezing silently
-    ema_rate: float = 0.0  # 0 = no EMA; 0.999 keeps an exponential moving average of the weights
-    kl_warmup_steps: int = 0  # beta ramps linearly from kl_warmup_start to 1 over these steps
-    kl_warmup_start: float = 1e-4
-    free_bits: float = 0.0  # nats per latent group below which the KL is not penalised
+    optimizer: str = key("adamax", one_of=("adamax", "adamw", "adam"))
+    lr: float = key(2e-3, above=0)
+    weight_decay: float = key(0.0, at_least=0)
+    betas: tuple[float, float] = key((0.9, 0.999), at_least=0, below=1)
+    eps: float = key(1e-8, above=0)
+    warmup_steps: int = key(100, at_least=0)
+    schedule: str = key("cosine", one_of=("cosine", "constant"))
+    lr_min: float = key(1e-4, at_least=0)  # at most lr (see RULES)
+    schedule_steps: int = key(0, at_least=0)  # length of the cosine decay; 0 = max_steps
+    batch_size: int = key(128, at_least=1)  # the global batch, split over the processes under torchrun
+    max_steps: int = key(1000, at_least=1)
+    grad_clip: float = key(200.0, at_least=0)  # clip the global gradient norm to this (0 = no clipping)
+    skip_threshold: float = key(0.0, at_least=0)  # skip the update when the norm exceeds this (0 = never skip on size)
+    max_consecutive_skips: int = key(50, at_least=1)  # then stop with an error instead of freezing silently
+    ema_rate: float = key(0.0, at_least=0, below=1)  # 0 = no EMA; 0.999 keeps an exponential moving average
+    kl_warmup_steps: int = key(0, at_least=0)  # beta ramps linearly from kl_warmup_start to 1 over these steps
+    kl_warmup_start: float = key(1e-4, at_least=0, at_most=1)
+    free_bits: float = key(0.0, at_least=0)  # nats per latent group below which the KL is not penalised
     kl_balancing: bool = False  # NVAE's per-group KL coefficients while beta < 1
+    loss_per_dim: bool = False  # minimise the loss per data dimension (VDVAE), not per image: grad_clip, skip_threshold and eps are then in those units
 
 
 @dataclass
 class RunConfig:
-    seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    seed: int = key(0, at_least=0, at_most=2**32 - 1)
+    precision: str = key("fp32", one_of=("fp32", "bf16", "fp16"))
     grad_checkpointing: bool = False
-    device: str = "auto"  # auto | cpu | cuda
-    log_every: int = 25
-    eval_every: int = 500
-    eval_batches: int = 20  # test batches per periodic evaluation (0 = the whole test set)
-    checkpoint_every: int = 250
-    sample_every: int = 500
-    num_samples: int = 64
-    sample_temperature: float = 1.0
+    compile: bool = False  # torch.compile the training forward (see benchmarks/RESULTS.md for when it pays)
+    channels_last: bool = False  # NHWC memory layout for the model and its input
+    device: str = key("auto", one_of=("auto", "cpu", "cuda"), pattern=r"cuda:\d+", pattern_text="cuda:<index>")
+    log_every: int = key(25, at_least=1)
+    eval_every: int = key(500, at_least=0)  # 0 = only at the end
+    eval_batches: int = key(20, at_least=0)  # test batches per periodic evaluation (0 = the whole test set)
+    checkpoint_every: int = key(250, at_least=0)  # 0 = only at the end (and when stopped by a signal)
+    sample_every: int = key(500, at_least=0)
+    num_samples: int = key(64, at_least=1)
+    sample_temperature: float = key(1.0, above=0)
     quiet: bool = False
-    num_workers: int = 0
+    num_workers: int = key(0, at_least=0)
 
 
 @dataclass
@@ -181,22 +210,29 @@ def _check_value(value, annotation, path: str):
     raise ConfigError(f"Config key {path} expects {'an' if name == 'int' else 'a'} {name}, got {value!r}.")
 
 
-CHOICES = {
-    "optim.optimizer": ("adamax", "adamw", "adam"),
-    "optim.schedule": ("cosine", "constant"),
-    "run.precision": ("fp32", "bf16", "fp16"),
-    "run.device": ("auto", "cpu", "cuda", "cuda:<index>"),
-}
+def _lr_min_at_most_lr(config: Config) -> str:
+    o = config.optim
+    if o.schedule != "cosine" or o.lr_min <= o.lr:
+        return ""
+    return (f"Config key optim.lr_min must be <= optim.lr (the cosine decays from lr down to lr_min), "
+            f"got {o.lr_min} > {o.lr}.")
+
+
+# Rules between keys: each returns '' when the config keeps it, else the sentence to raise.
+RULES: list[Callable[[Config], str]] = [_lr_min_at_most_lr]
 
 
 def validate(config: Config) -> None:
-    """Raise a ConfigError when a key with a fixed set of values (see CHOICES) holds another value."""
-    for path, allowed in CHOICES.items():
-        section, name = path.split(".")
-        value = getattr(getattr(config, section), name)
-        ok = value in allowed or (path == "run.device" and value.startswith("cuda:") and value[5:].isdigit())
-        if not ok:
-            raise ConfigError(f"Config key {path} must be one of {', '.join(allowed)}, got {value!r}.")
+    """Raise one ConfigError sentence for the first key whose type or value is outside its range."""
+    for path, (owner, f) in _leaves(config).items():
+        value = getattr(owner, f.name)
+        _check_value(value, f.type, f"{path}")
+        declared = range_of(f)
+        if declared is not None:
+            declared.check(value, f"Config key {path}")
+    for rule in RULES:
+        if message := rule(config):
+            raise ConfigError(message)
 
 
 def override(config: Config, assignments: dict[str, Any] | list[str]) -> Config:
@@ -283,7 +319,9 @@ def get_preset(name: str) -> Config:
 
     if name not in PRESETS:
         raise ConfigError(f"Unknown preset {name!r}; available presets: {', '.join(sorted(PRESETS))}.")
-    return PRESETS[name][1]()
+    config = PRESETS[name][1]()
+    validate(config)
+    return config
 
 
 def list_presets() -> list[tuple[str, str]]:

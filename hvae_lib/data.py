@@ -8,9 +8,11 @@ Models map [0, 1] to whatever range their likelihood wants themselves; the data 
 Images live in memory as one uint8 tensor (N, C, H, W) and are converted per item, no PIL.
 
 ``load_dataset(name)`` returns the two splits and a :class:`DatasetInfo` saying the shape, bit
-depth, likelihood and the number of dimensions bits/dim divides by. MNIST is zero-padded from
-28x28 to 32x32 (as NVAE does) but ``num_dims`` stays 784: its bits/dim and nats compare with
-published 28x28 numbers, since the padding is always zero and a model learns it for free.
+depth, likelihood and the number of dimensions bits/dim divides by. Images keep their own size:
+binarised MNIST is 28x28, so log p(x|z) sums 784 Bernoulli terms and its nats and bits/dim compare
+with published numbers. A model whose architecture needs a larger canvas pads inside and crops its
+likelihood back to the image (NVAE zero-pads MNIST to 32x32, as the official data pipeline does,
+and crops its decoder output to the 28x28 real pixels, as the official loss does).
 """
 from __future__ import annotations
 
@@ -24,10 +26,9 @@ from pathlib import Path
 from urllib.error import URLError
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "shapes")
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "shapes", "imagenet32", "imagenet64", "ffhq_256", "ffhq_1024")
 # Debian/Ubuntu package `dataset-fashion-mnist` ships the gzipped IDX files here.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -67,9 +68,13 @@ def dataset_info(name: str, resolution: int = 32) -> DatasetInfo:
         return DatasetInfo("shapes", (3, resolution, resolution), 8, "logistic_mixture", 3 * resolution**2)
     return {
         "fashion_mnist": DatasetInfo("fashion_mnist", (1, 28, 28), 8, "logistic_mixture", 784),
-        # zero-padded to 32x32 as NVAE does, but bits/dim divides by the 784 real pixels
-        "mnist": DatasetInfo("mnist", (1, 32, 32), 1, "bernoulli", 784),
+        "mnist": DatasetInfo("mnist", (1, 28, 28), 1, "bernoulli", 784),  # models pad to their canvas themselves
         "cifar10": DatasetInfo("cifar10", (3, 32, 32), 8, "logistic_mixture", 3 * 32 * 32),
+        # placed by hand (hvae_lib.data_imagenet_ffhq); FFHQ-256 at 5 bits, as in the VDVAE and NVAE papers
+        "imagenet32": DatasetInfo("imagenet32", (3, 32, 32), 8, "logistic_mixture", 3 * 32 * 32),
+        "imagenet64": DatasetInfo("imagenet64", (3, 64, 64), 8, "logistic_mixture", 3 * 64 * 64),
+        "ffhq_256": DatasetInfo("ffhq_256", (3, 256, 256), 5, "logistic_mixture", 3 * 256 * 256),
+        "ffhq_1024": DatasetInfo("ffhq_1024", (3, 1024, 1024), 8, "logistic_mixture", 3 * 1024 * 1024),
     }[name]
 
 
@@ -194,10 +199,9 @@ def _mnist(root: Path, download: bool, seed: int):
                                "allow the torchvision download (download=True, needs internet), "
                                f"or put the four IDX files ({', '.join(IDX_FILES)}) in {raw}/") from None
     (tr_x, tr_y), (te_x, te_y) = _load_idx_splits(raw)
-    tr_x, te_x = (F.pad(x, (2, 2, 2, 2)) for x in (tr_x, te_x))  # (N, 1, 32, 32), zero border as in NVAE
     # One fixed binarisation of the test set, so every evaluation scores the same images.
     g = torch.Generator().manual_seed(seed)
-    te_bin = torch.bernoulli(te_x.float() / 255, generator=g).to(torch.uint8)  # (N, 1, 32, 32)
+    te_bin = torch.bernoulli(te_x.float() / 255, generator=g).to(torch.uint8)  # (N, 1, 28, 28)
     return DynamicallyBinarizedDataset(tr_x, tr_y), ImageDataset(te_bin, te_y, bits=1), dataset_info("mnist")
 
 
@@ -290,8 +294,13 @@ def load_dataset(name: str, root: str | Path | None = None, *, train_limit: int 
         raise ValueError(f"resolution={resolution} applies only to the 'shapes' dataset; {name} has a fixed size.")
 
     root = Path(root) if root else default_root()
-    loader = {"fashion_mnist": _fashion_mnist, "mnist": _mnist, "cifar10": _cifar10}[name]
-    train, test, info = loader(root, download, seed)
+    if name in ("imagenet32", "imagenet64", "ffhq_256", "ffhq_1024"):
+        from .data_imagenet_ffhq import load_ffhq, load_imagenet
+
+        train, test = (load_imagenet if name.startswith("imagenet") else load_ffhq)(name, root)
+    else:
+        loader = {"fashion_mnist": _fashion_mnist, "mnist": _mnist, "cifar10": _cifar10}[name]
+        train, test, info = loader(root, download, seed)
     for split, limit in ((train, train_limit), (test, test_limit)):
         if limit is not None:
             split.images, split.labels = split.images[:limit], split.labels[:limit]

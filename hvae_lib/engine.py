@@ -6,30 +6,41 @@ gradient norm, and *skip* the update when the loss or gradient is non-finite or 
 ``skip_threshold`` (VDVAE's gradient skipping), stopping with an error after too many skips in a
 row instead of freezing silently (openai/vdvae#25). Then the EMA, the LR schedule, logging,
 periodic test evaluation, sample grids and atomic checkpoints.
+
+Stopping loses nothing: on SIGINT, SIGTERM or SIGUSR1 the step under way finishes, a checkpoint is
+written at the step reached and :meth:`Trainer.fit` raises ``TrainingInterrupted``; under torchrun
+the ranks agree on that step in the all-reduce each step makes anyway (:mod:`hvae_lib.stopping`).
+A file that cannot be written (a full or read-only disk) stops the run with one sentence naming
+it, the last good checkpoint whole and nothing half-written (:mod:`hvae_lib.safe_write`).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
-import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
+from torchvision.utils import save_image
 
 from . import checkpoint as ckpt_io
 from .config import Config, ConfigError, describe, from_dict, to_dict, validate
 from .data import DatasetInfo, load_dataset
 from .kl_control import kl_objective, kl_warmup_beta
+from .models.base import ModelOutput
 from .objectives import elbo, nats_to_bpd
-from .plotting import save_grid
-from .run_log import GlobalBatches, RunLog
+from .optim import lr_factor, make_optimizer, schedule_change
+from .plotting import image_grid
+from .run_log import GlobalBatches, Progress, RunLog, summarise
+from .safe_write import WriteError, run_folder_problem, write_atomic
+from .stopping import CleanStop, StopSignals
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -42,7 +53,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("run.device=cuda was asked for but no CUDA device is visible; use --set device=cpu.")
+        raise ConfigError(f"Device {name!r} was asked for but no CUDA device is visible; use the CPU "
+                          f"(--set device=cpu for training, --device cpu for evaluate and sample).")
     if name.startswith("cuda") and dist.is_initialized():
         name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return torch.device(name)
@@ -71,81 +83,86 @@ def build_data_and_model(config: Config):
     return data, build_model(config, data.info)
 
 
-def lr_factor(step: int, optim) -> float:
-    """Linear warm-up to 1, then cosine down to lr_min / lr over schedule_steps, or constant."""
-    if step < optim.warmup_steps:
-        return (step + 1) / optim.warmup_steps
-    if optim.schedule == "constant":
-        return 1.0
-    horizon = max(1, (optim.schedule_steps or optim.max_steps) - optim.warmup_steps)
-    progress = min(1.0, (step - optim.warmup_steps) / horizon)
-    floor = optim.lr_min / optim.lr
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+def should_skip(loss: torch.Tensor, grad_norm: torch.Tensor, skip_threshold: float) -> torch.Tensor:
+    """VDVAE's gradient skipping (Chapter 6): skip the update (a bool tensor) when the loss or the
+    gradient norm is not finite, or when ``skip_threshold`` > 0 and the norm exceeds it."""
+    bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
+    return bad | (grad_norm > skip_threshold) if skip_threshold > 0 else bad
 
 
-def make_optimizer(params, optim) -> torch.optim.Optimizer:
-    kinds = {"adamax": torch.optim.Adamax, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
-    if optim.optimizer not in kinds:
-        raise ConfigError(f"optim.optimizer={optim.optimizer!r} is not one of {', '.join(kinds)}.")
-    return kinds[optim.optimizer](params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                  weight_decay=optim.weight_decay)
+class Trainer(CleanStop):
+    """Owns the model, optimiser, EMA and state of one run in ``out_dir``; :meth:`fit` trains.
 
+    How it stops on a signal or a failed write comes from :class:`~hvae_lib.stopping.CleanStop`.
 
-class Trainer:
-    """Owns the model, optimiser, EMA and state of one run in ``out_dir``; :meth:`fit` trains."""
+    ``loss_fn(out, beta)``, when given, replaces the training loss -log p(x|z) + (KL objective): it
+    receives the model's :class:`ModelOutput` for the batch and the KL weight beta of this step, and
+    returns the scalar to minimise (a model's regulariser is still added). Chapters 1 and 2 train
+    with the student's own loss this way; evaluation always reports the exact ELBO.
+    """
 
-    def __init__(self, config: Config, out_dir: str | Path, resume: bool = True):
+    def __init__(self, config: Config, out_dir: str | Path, resume: bool = True,
+                 loss_fn: Callable[[ModelOutput, float], torch.Tensor] | None = None):
         self.out = Path(out_dir)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.is_main = self.rank == 0
+        validate(config)
+        if config.optim.batch_size % self.world:
+            b, w = config.optim.batch_size, self.world
+            near = " or ".join(str(n) for n in (b - b % w, b - b % w + w) if n)
+            raise ConfigError(f"Config key optim.batch_size={b} (the global batch) does not split over {w} processes: "
+                              f"use a multiple of {w}, such as {near}.")
+        problem = run_folder_problem(self.out) if self.is_main else ""
+        if self.world > 1:  # every rank learns rank 0's verdict, so none goes on alone
+            dist.broadcast_object_list(verdict := [problem], src=0)
+            problem = verdict[0]
+        if problem:
+            raise ConfigError(problem)
         ckpt_path = self.out / "checkpoint.pt"
         saved = ckpt_io.load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
-        validate(config)
+        if loss_fn is not None and (config.optim.free_bits > 0 or config.optim.kl_balancing):
+            raise ConfigError("A loss_fn replaces the whole KL objective, so free_bits and kl_balancing would be "
+                              "ignored: set free_bits=0 and kl_balancing=false, or apply them inside loss_fn.")
+        self.loss_fn = loss_fn
         if saved is not None:
-            self._check_compatible(saved, config)
+            ckpt_io.check_compatible(saved, config, ckpt_path)
         self.config = c = config
         torch.manual_seed(c.run.seed)
         self.device = resolve_device(c.run.device)
         self.data, model = build_data_and_model(c)
         self.info = self.data.info
         if saved is not None:
-            self._check_compatible(saved, config, self.info)
+            ckpt_io.check_compatible(saved, config, ckpt_path, self.info)
         if self.world > 1:  # the same weights everywhere (DDP broadcasts them), independent z noise per rank
             torch.manual_seed(c.run.seed + self.rank)
         model.grad_checkpointing = c.run.grad_checkpointing
-        self.model = model.to(self.device)
+        self.memory_format = torch.channels_last if c.run.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if c.optim.ema_rate > 0 else None
         ddp_devices = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(self.model, device_ids=ddp_devices) if self.world > 1 else self.model
+        self.forward = torch.compile(self.ddp) if c.run.compile else self.ddp  # the training forward
         self.optimizer = make_optimizer(self.model.parameters(), c.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, c.optim))
         # fp16 loss scaling starts at 2^10 as in NVAE's train.py, not torch's 2^16: our losses are sums
         # over pixels (thousands of nats), and from 2^16 the first ~7 steps overflow and are skipped.
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0**10, enabled=c.run.precision == "fp16")
-        self.batches = GlobalBatches(self.data.train, c.optim.batch_size, c.run.seed, self.rank, self.world)
+        self.batches = GlobalBatches(self.data.train, c.optim.batch_size, c.run.seed, self.rank, self.world,
+                                     c.data.horizontal_flip)
         self.step, self.consecutive_skips, self.total_skips = 0, 0, 0
+        self.saved_step = self._saving_step = None  # the step of the checkpoint on disk; of the last save begun
+        self.signals = None  # a StopSignals while fit runs
+        self._failure: WriteError | None = None  # rank 0's failed write, until every rank agrees to stop
+        self._agreed = (0, False)  # under torchrun: (signal number, rank 0 failed), agreed at the last step
         if saved is not None:
             self._restore(saved)
+            self.saved_step = self._saving_step = self.step
+            change = schedule_change(from_dict(saved["config"]).optim, c.optim, self.step)
+            if change and self.is_main:
+                print(change, file=sys.stderr)
 
     # ------------------------------------------------------------------ state
-    def _check_compatible(self, saved: dict, config: Config, info: DatasetInfo | None = None) -> None:
-        """Refuse, in one sentence naming the keys, a checkpoint of another model, optimiser or data."""
-        old, new = to_dict(from_dict(saved["config"])), to_dict(config)
-        if info is None:  # before loading data: the keys that fix the weights' and optimiser state's shapes
-            pairs = {f"model.{k}": (old["model"].get(k), new["model"].get(k)) for k in old["model"] | new["model"]}
-            pairs["data.name"] = (old["data"]["name"], new["data"]["name"])
-            pairs["optim.optimizer"] = (old["optim"]["optimizer"], new["optim"]["optimizer"])
-        else:  # after: the image shape and bit depth the data gives
-            pairs = {f"data {k}": (saved["data_info"].get(k), v) for k, v in dataclasses.asdict(info).items()}
-        diffs = [f"{key}={a!r} there but {b!r} here" for key, (a, b) in sorted(pairs.items())
-                 if (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b)]
-        if diffs:
-            raise ckpt_io.CheckpointError(
-                f"{self.out / 'checkpoint.pt'} comes from another model or config ({'; '.join(diffs)}), so this "
-                f"run cannot resume it: use the same preset and keys, or a fresh --out folder (or --fresh)."
-            )
-
     def state_dict(self) -> dict:
         return {
             "format": ckpt_io.FORMAT,
@@ -184,13 +201,22 @@ class Trainer:
         ckpt_io.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
 
     def save(self) -> None:
-        state = self.state_dict()
-        if self.world > 1:
-            gathered = [None] * self.world
-            dist.all_gather_object(gathered, state["rng"][0])
-            state["rng"] = gathered
-        if self.is_main:
-            ckpt_io.save_atomic(state, self.out / "checkpoint.pt")
+        """Write checkpoint.pt atomically (rank 0; every rank must call it). No signal interrupts it."""
+        if self.signals is not None:
+            self.signals.saving = True
+        try:
+            self._saving_step = self.step  # the same on every rank, whether or not rank 0's write succeeds
+            state = self.state_dict()
+            if self.world > 1:
+                gathered = [None] * self.world
+                dist.all_gather_object(gathered, state["rng"][0])
+                state["rng"] = gathered
+            if self.is_main:
+                ckpt_io.save_atomic(state, self.out / "checkpoint.pt")
+            self.saved_step = self.step
+        finally:
+            if self.signals is not None:
+                self.signals.saving = False
 
     # ------------------------------------------------------------------ one step
     def autocast(self):
@@ -201,29 +227,38 @@ class Trainer:
         """Training loss (KL warm-up, free bits, balancing applied) and the exact ELBO terms."""
         o = self.config.optim
         with self.autocast():
-            out = self.ddp(x)
+            out = self.forward(x)
         terms = elbo(out, self.info.num_dims)
         beta = kl_warmup_beta(step, o.kl_warmup_steps, o.kl_warmup_start)
         extras = out.extras or {}
         sizes = extras.get("kl_balance_alpha", extras.get("group_sizes"))  # NVAE's per-group prior weights
-        kl_term = kl_objective(out.kl_per_group, beta, o.free_bits, o.kl_balancing, sizes)
         regulariser = self.model.regularization(step) if hasattr(self.model, "regularization") else 0.0
-        return terms.recon + kl_term + regulariser, terms, beta
+        if self.loss_fn is None:
+            objective = terms.recon + kl_objective(out.kl_per_group, beta, o.free_bits, o.kl_balancing, sizes)
+        else:
+            objective = self.loss_fn(out, beta)
+            if not isinstance(objective, torch.Tensor) or objective.dim() != 0:
+                got = f"shape {tuple(objective.shape)}" if isinstance(objective, torch.Tensor) else type(objective).__name__
+                raise TrainingError(f"loss_fn must return a scalar tensor (the loss averaged over the batch), got {got}.")
+        loss = objective + regulariser
+        return (loss / self.info.num_dims if o.loss_per_dim else loss), terms, beta
 
     def train_step(self) -> dict:
         o = self.config.optim
-        x = self.batches.get(self.step).to(self.device)
+        x = self.batches.get(self.step).to(self.device, memory_format=self.memory_format)
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         loss, terms, beta = self.loss(x, self.step)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip or float("inf"))
-        bad = ~torch.isfinite(loss.detach()) | ~torch.isfinite(grad_norm)
-        if o.skip_threshold > 0:
-            bad = bad | (grad_norm > o.skip_threshold)
-        if self.world > 1:  # every rank must agree, or the replicas drift apart
-            dist.all_reduce(bad := bad.float(), op=dist.ReduceOp.MAX)
+        bad = should_skip(loss.detach(), grad_norm, o.skip_threshold)
+        if self.world > 1:  # every rank must agree, or the replicas drift apart; so must their stop requests
+            stop = [float(self.signals.signum or 0) if self.signals else 0.0, float(self._failure is not None)]
+            flags = torch.cat([bad.float().reshape(1), torch.tensor(stop, device=bad.device)])
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            bad, signum, failed = flags.tolist()
+            self._agreed = (int(signum), bool(failed))
         skipped = bool(bad)
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)
@@ -272,12 +307,15 @@ class Trainer:
         return self.ema if self.ema is not None else self.model
 
     @torch.no_grad()
-    def evaluate(self, max_batches: int = 0) -> dict:
-        """Negative ELBO on the test split (EMA weights when present), in nats/image and bits/dim."""
+    def evaluate(self, max_batches: int = 0) -> dict | None:
+        """Negative ELBO on the test split (EMA weights when present), in nats/image and bits/dim.
+
+        None when a stop signal cut it short (on any rank: the ranks agree through the final sum).
+        """
         model = self.eval_model
         was_training = model.training
         model.eval()
-        total = torch.zeros(2, device=self.device)  # (sum of -ELBO, images)
+        total = torch.zeros(3, device=self.device)  # (sum of -ELBO, images, ranks cut short)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(1234 + self.rank)
             n = len(self.data.test)
@@ -285,13 +323,18 @@ class Trainer:
             for i, start in enumerate(range(self.rank * bs, n, bs * self.world)):
                 if max_batches and i >= max_batches:
                     break
+                if self.signals is not None and self.signals.requested:
+                    total[2] = 1
+                    break
                 x = torch.stack([self.data.test[j][0] for j in range(start, min(start + bs, n))]).to(self.device)
                 with self.autocast():
                     out = model(x)
-                total += torch.stack([-elbo(out, self.info.num_dims).elbo.sum(), torch.tensor(x.shape[0], device=self.device)])
+                total[:2] += torch.stack([-elbo(out, self.info.num_dims).elbo.sum(), torch.tensor(x.shape[0], device=self.device)])
         if self.world > 1:
             dist.all_reduce(total)
         model.train(was_training)
+        if total[2] > 0:
+            return None
         nats = (total[0] / total[1]).item()
         return {"test_neg_elbo_nats": nats, "test_bpd": nats_to_bpd(nats, self.info.num_dims), "test_images": int(total[1])}
 
@@ -307,56 +350,81 @@ class Trainer:
             torch.manual_seed(r.seed)
             images = model.sample(r.num_samples, temperature=r.sample_temperature)
         model.train(was_training)
-        save_grid(images, self.out / "samples.png")
+        grid = image_grid(images)  # (3, H', W')
+        write_atomic(self.out / "samples.png", lambda f: save_image(grid, f, format="png"))
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
+        """Train from ``self.step`` to ``optim.max_steps``; return the final test result.
+
+        SIGINT, SIGTERM and SIGUSR1 (Ctrl-C, interrupting a notebook's kernel, a scheduler's
+        preemption) stop the run after the step under way: a checkpoint is written at the step
+        reached and :class:`~hvae_lib.stopping.TrainingInterrupted` (a KeyboardInterrupt) is raised,
+        so a notebook stops at this cell as for any interrupt. This trainer stays usable: ``fit()``
+        again resumes exactly, as ``Trainer(config, out)`` in a new process would.
+        """
+        c = self.config
+        logger = RunLog(self.out, enabled=self.is_main)
+        progress = Progress(c.optim.max_steps, self.step, f"{c.model.family} on {c.data.name}",
+                            enabled=self.is_main and not c.run.quiet)
+        with StopSignals(announce=self.is_main) as self.signals:
+            try:
+                self._write(logger.open, self.step)
+                final = self._train(logger, progress)
+            except BaseException:
+                logger.close(quietly=True)  # the exception in flight says what went wrong
+                raise
+            finally:
+                progress.close()
+                self.signals = None
+        self._write(logger.close)
+        return final
+
+    def _train(self, logger: RunLog, progress: Progress) -> dict:
         c, r = self.config, self.config.run
-        self.out.mkdir(parents=True, exist_ok=True)
-        logger = RunLog(self.out, enabled=self.is_main, resume_step=self.step)
         if self.is_main:
-            (self.out / "config").write_text(describe(c))
-        bar = tqdm(total=c.optim.max_steps, initial=self.step, disable=r.quiet or not self.is_main,
-                   desc=f"{c.model.family} on {c.data.name}", dynamic_ncols=True)
+            self._write(write_atomic, self.out / "config", lambda f: f.write(describe(c).encode()))
         window: list[dict] = []
         self.model.train()
-        while self.step < c.optim.max_steps:
+        while self.step < c.optim.max_steps and not self._stopping():
             window.append(self.train_step())
-            bar.update(1)
-            if self.step % r.log_every == 0 or self.step == c.optim.max_steps:
-                record = self._summarise(window)
-                window = []
-                logger.write(record, self.step)
-                bar.set_postfix(loss=f"{record['loss']:.1f}", bpd=f"{record['bpd']:.3f}",
-                                skipped=self.total_skips, img_s=f"{record['images_per_s']:.0f}")
-            if r.eval_every and self.step % r.eval_every == 0 and self.step < c.optim.max_steps:
-                logger.write({"split": "test", **self.evaluate(r.eval_batches)}, self.step)
+            last = self.step == c.optim.max_steps
+            if self.step % r.log_every == 0 or last or self._stopping():  # the same on every rank
+                record, window = self._summarise(window), []
+                self._write(logger.write, record, self.step)
+                progress.update(self.step, {"loss": f"{record['loss']:.1f}", "bpd": f"{record['bpd']:.3f}",
+                                            "skipped": self.total_skips, "img_s": f"{record['images_per_s']:.0f}"},
+                                last=last or self._stopping())
+            else:
+                progress.update(self.step)
+            if self._stopping():
+                break
+            if r.eval_every and self.step % r.eval_every == 0 and not last:
+                result = self.evaluate(r.eval_batches)
+                if result is not None:  # else a signal cut it short
+                    self._write(logger.write, {"split": "test", **result}, self.step)
             if r.sample_every and self.step % r.sample_every == 0:
-                self.write_samples()
+                self._write(self.write_samples)
             if r.checkpoint_every and self.step % r.checkpoint_every == 0:
-                self.save()
-        bar.close()
-        self.save()
-        self.write_samples()
-        final = {"step": self.step, "split": "test", **self.evaluate()}
-        logger.write(final, self.step)
+                self._write(self.save)
+        if window:  # a stop noticed between steps (one process only): log the steps since the last record
+            self._write(logger.write, self._summarise(window), self.step)
+        if self._stopping():
+            self._stop(save=True)
+        self._write(self.save)
+        self._write(self.write_samples)
+        final = self.evaluate()
+        if final is None:  # a signal cut the final evaluation short; the checkpoint is already written
+            self._stop(save=False)
+        final = {"step": self.step, "split": "test", **final}
+        self._write(logger.write, final, self.step)
         if self.is_main:
-            (self.out / "results.json").write_text(json.dumps(final, indent=2) + "\n")
-        logger.close()
+            self._write(write_atomic, self.out / "results.json",
+                        lambda f: f.write((json.dumps(final, indent=2) + "\n").encode()))
+        self._raise_failure()
         return final
 
     def _summarise(self, window: list[dict]) -> dict:
-        keys = ("loss", "recon", "kl", "bpd", "grad_norm")
-        stats = torch.tensor([[w[k] for k in keys] for w in window]).mean(0)
-        kl_groups = torch.stack([w["kl_per_group"] for w in window]).mean(0)
-        extra = torch.tensor([sum(w["skipped"] for w in window), sum(w["seconds"] for w in window)])
-        if self.world > 1:
-            dist.all_reduce(stats)
-            stats /= self.world
-            dist.all_reduce(kl_groups)
-            kl_groups /= self.world
-        record = {"step": self.step, "split": "train", **dict(zip(keys, stats.tolist()))}
-        record.update(kl_per_group=kl_groups.tolist(), skipped=int(extra[0]), lr=self.scheduler.get_last_lr()[0],
-                      kl_weight=window[-1]["kl_weight"],
-                      images_per_s=sum(w["images"] for w in window) / max(float(extra[1]), 1e-9))
-        return record
+        """The record of the steps in ``window``, averaged over them and (under torchrun) the ranks."""
+        record = summarise(window, self.world)
+        return {"step": self.step, "split": "train", **record, "lr": self.scheduler.get_last_lr()[0]}

@@ -5,7 +5,6 @@ when the checkpoint has them. Per image in nats and in bits/dim at the data's bi
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -16,6 +15,12 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, from_dict
 from .data import DatasetInfo, DatasetUnavailableError
 from .objectives import elbo, importance_weighted_bound, nats_to_bpd
+from .ranges import ArgumentParser, Range
+
+# The values each argument accepts (evaluate's and sample's); a value outside is one error line.
+COUNT, POSITIVE_COUNT = Range(at_least=0), Range(at_least=1)
+SEED = Range(at_least=0, at_most=2**32 - 1)
+DEVICE = Range(one_of=("cpu", "cuda"), pattern=r"cuda:\d+", pattern_text="cuda:<index>")
 
 
 def load_model(path, device="cpu", prefer_ema: bool = True):
@@ -56,26 +61,31 @@ def evaluate(model, dataset, num_dims: int, iw_samples: int = 0, batch_size: int
     return result | {"iw_samples": iw_samples, "n_images": n}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hvae_lib.evaluate", description=__doc__.split("\n")[0])
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m hvae_lib.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint")
-    p.add_argument("--iw-samples", type=int, default=100, help="importance samples K (0 = ELBO only)")
+    p.add_argument("--iw-samples", type=COUNT.parser(int), default=100, help="importance samples K (0 = ELBO only)")
     p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0, help="seeds the z samples, so a rerun prints the same numbers")
+    p.add_argument("--limit", type=COUNT.parser(int), default=0, help="evaluate only the first N images (0 = all)")
+    p.add_argument("--batch-size", type=POSITIVE_COUNT.parser(int), default=64)
+    p.add_argument("--device", type=DEVICE.parser(str), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=SEED.parser(int), default=0, help="seeds the z samples, so a rerun prints the same numbers")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it goes to stderr anyway)")
-    args = p.parse_args(argv)
-    try:
-        from .engine import load_data
+    return p
 
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from .engine import load_data, resolve_device
+
+        device = resolve_device(args.device)
         torch.manual_seed(args.seed)
-        model, config, info = load_model(args.checkpoint, args.device)
+        model, config, info = load_model(args.checkpoint, device)
         data = load_data(config)
         dataset = data.test if args.split == "test" else data.train
         result = evaluate(model, dataset, info.num_dims, args.iw_samples, args.batch_size, args.limit,
-                          args.device, progress=not args.quiet)
+                          device, progress=not args.quiet)
     except (CheckpointError, ConfigError, DatasetUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

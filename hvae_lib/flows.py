@@ -24,6 +24,7 @@ from einops import rearrange
 from torch import nn
 
 from .distributions import soft_clamp, sum_except_batch
+from .layers.spectral import LastWeight
 
 LOG_SCALE_BOUND = 5.0  # NVAE soft-clamps its Gaussian parameters to (-5, 5); the flow's log-scale too
 
@@ -107,6 +108,7 @@ class MaskedConv2d(nn.Conv2d):
                 norm = (self.weight * mask).flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # (C_out, 1, 1, 1)
                 init = torch.log(norm + 1e-2) + math.log(init_scale)
             self.log_weight_norm = nn.Parameter(init)
+        self.last_weight = LastWeight()  # what the forward applied, reused by the spectral regulariser
 
     def masked_weight(self) -> torch.Tensor:
         """The kernel used in forward: masked, then weight-normalised. (C_out, C_in / groups, k, k)."""
@@ -117,7 +119,9 @@ class MaskedConv2d(nn.Conv2d):
         return self.log_weight_norm.exp() * weight / (norm + 1e-5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.masked_weight(), self.bias, 1, self.padding, self.dilation, self.groups)
+        weight = self.masked_weight()
+        self.last_weight.keep(weight, self.weight, *([] if self.log_weight_norm is None else [self.log_weight_norm]))
+        return F.conv2d(x, weight, self.bias, 1, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", ar_groups={self.ar_groups}, zero_diagonal={self.zero_diagonal}, mirror={self.mirror}"

@@ -7,7 +7,8 @@ The ELBO weighs every group's KL by exactly 1. Training deep hierarchies usually
 - **Free bits** (Kingma et al. 2016): a group's KL below ``lambda`` nats is not penalised, which
   keeps groups from collapsing to the prior early on.
 - **KL balancing** (NVAE, while beta < 1): each group's KL is reweighted in proportion to its mean
-  KL, normalised by a prior weight that grows with the group's size, so no group is left unused.
+  absolute KL over the batch, divided by a prior weight that grows with the group's size, so no
+  group is left unused.
 
 Only the exact ELBO (beta = 1, no free bits, no balancing) is a bound on log p(x); evaluation
 always reports that one.
@@ -35,9 +36,11 @@ def free_bits(kl_per_group: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def kl_balance_coeffs(kl_per_group: torch.Tensor, group_sizes: torch.Tensor) -> torch.Tensor:
-    """NVAE's balancing coefficients gamma_l, (L,), detached, with mean 1 (so sum equals L).
+    """NVAE's balancing coefficients gamma_l, (L,), detached, with mean 1 (so sum equals L) (Chapter 4).
 
-    gamma_l ∝ mean_B(KL_l) / alpha_l with alpha_l ∝ the group's size (latent elements), so a group
+    gamma_l ∝ (mean_B |KL_l| + 0.01) / alpha_l, the absolute value averaged over the batch as in the
+    official ``kl_balancer`` (a one-sample KL with flows can be negative), with alpha_l the group's
+    prior weight (``group_sizes`` / its minimum; NVAE passes ``kl_balance_alpha``), so a group
     carrying little information gets a small coefficient and is not squeezed further.
     """
     mean_kl = kl_per_group.detach().abs().mean(dim=0) + 0.01  # (L,)

@@ -43,11 +43,17 @@ class DiscretizedLogisticMixture:
     (Salimans et al. 2017; NVAE's colour likelihood). A pixel value k / (2^bits - 1) owns the bin of
     width 2 / (2^bits - 1) around it in [-1, 1]; the two edge bins extend to -inf and +inf so the
     2^bits probabilities sum to one.
+
+    All maths runs in ``dtype``, float32 by default whatever the dtype of ``params`` (autocast
+    hands them over in bf16 or fp16); a lower ``dtype`` exists only to measure what that would
+    cost (Chapter 5 does: in bf16 the bin edges and the per-pixel terms lose enough precision to
+    shift bits/dim in the second decimal).
     """
 
-    def __init__(self, params: torch.Tensor, channels: int, bits: int = 8, log_scale_min: float = -7.0):
-        self.channels, self.bits = channels, bits
-        params = params.float()
+    def __init__(self, params: torch.Tensor, channels: int, bits: int = 8, log_scale_min: float = -7.0,
+                 dtype: torch.dtype = torch.float32):
+        self.channels, self.bits, self.dtype = channels, bits, dtype
+        params = params.to(dtype)
         m = params.shape[1] // (1 + 3 * channels)  # M
         self.num_mix = m
         self.logit_probs = params[:, :m]  # (B, M, H, W)
@@ -72,7 +78,7 @@ class DiscretizedLogisticMixture:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log P(x) in nats per image, (B,), for x in [0, 1] on the 2^bits grid."""
-        x = x.float() * 2 - 1  # (B, C, H, W) in [-1, 1]
+        x = x.to(self.dtype) * 2 - 1  # (B, C, H, W) in [-1, 1]
         means = self._component_means(x)
         xc = x.unsqueeze(2) - means  # (B, C, M, H, W)
         inv_s = torch.exp(-self.log_scales)
@@ -109,9 +115,19 @@ class DiscretizedLogisticMixture:
         return quantize((x.clamp(-1, 1) + 1) / 2, self.bits)
 
     def mean(self) -> torch.Tensor:
-        """The mixture's mean image in [0, 1] (colour coupling ignored), for reconstructions."""
+        """A mean image in [0, 1] for reconstructions, as NVAE's ``DiscMixLogistic.mean``: the
+        mixture-weighted means m_c and coefficients (a, b, g) per pixel, then the colour chain of
+        :meth:`sample` without the noise: x_R = m_R, x_G = m_G + a x_R, x_B = m_B + b x_R + g x_G
+        (each clamped to [-1, 1])."""
         probs = torch.softmax(self.logit_probs, 1).unsqueeze(1)  # (B, 1, M, H, W)
-        return ((self.means * probs).sum(2).clamp(-1, 1) + 1) / 2
+        x = (self.means * probs).sum(2)  # (B, C, H, W) in [-1, 1]
+        if self.channels == 3:
+            coeffs = (self.coeffs * probs).sum(2)  # (B, C, H, W): a, b, g
+            x0 = x[:, 0].clamp(-1, 1)
+            x1 = (x[:, 1] + coeffs[:, 0] * x0).clamp(-1, 1)
+            x2 = (x[:, 2] + coeffs[:, 1] * x0 + coeffs[:, 2] * x1).clamp(-1, 1)
+            x = torch.stack([x0, x1, x2], 1)
+        return (x.clamp(-1, 1) + 1) / 2
 
 
 def quantize(x: torch.Tensor, bits: int) -> torch.Tensor:

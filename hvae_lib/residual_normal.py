@@ -1,7 +1,7 @@
 """NVAE's Gaussians and the residual normal posterior (Chapter 4, "the residual normal").
 
 NVAE never lets the encoder predict q(z_l | z_<l, x) from scratch: it predicts a *correction* of
-the prior, q = N(mu_p + dmu, sigma_p * dsigma). The KL then depends only on the correction,
+the prior, q = N(mu_p + dmu, (sigma_p dsigma)^2). The KL then depends only on the correction,
 
     KL(q || p) = 0.5 * (dmu^2 / sigma_p^2 + dsigma^2 - log dsigma^2 - 1),
 
@@ -58,12 +58,13 @@ class NVAENormal:
     @classmethod
     def residual(cls, prior_params: torch.Tensor, delta_params: torch.Tensor) -> "NVAENormal":
         """The residual posterior q from the prior's raw params and the encoder's raw corrections,
-        both (B, 2Z, H, W): q = N(mu_p + dmu, sigma_p * dsigma) in raw (pre-clamp) coordinates."""
+        both (B, 2Z, H, W): q = N(mu_p + dmu, (sigma_p dsigma)^2) in raw (pre-clamp) coordinates."""
         return cls.from_params(prior_params.float() + delta_params.float())
 
     @classmethod
     def standard(cls, shape, device=None, temperature: float = 1.0) -> "NVAENormal":
-        """N(0, t^2 I): the top group's prior at temperature t."""
+        """N(0, t^2 I): the top group's prior at temperature t, the paper's N(0, I). (The official
+        code builds it as Normal(0, log_sigma=0), so its sigma floor makes it N(0, 1.01^2 t^2).)"""
         return cls(torch.zeros(shape, device=device), torch.full(shape, float(temperature), device=device))
 
     def rsample(self) -> torch.Tensor:
@@ -75,9 +76,10 @@ class NVAENormal:
         scaled = (z.float() - self.mu) / self.sigma
         return -0.5 * scaled**2 - torch.log(self.sigma) - 0.5 * LOG_2PI
 
-    def kl(self, prior: "NVAENormal") -> torch.Tensor:
-        """Elementwise analytic KL(self || prior) in residual form (:func:`residual_kl`)."""
-        return residual_kl(self.mu - prior.mu, self.sigma / prior.sigma, prior.sigma)
+    def kl(self, prior: "NVAENormal", kl_function=residual_kl) -> torch.Tensor:
+        """Elementwise analytic KL(self || prior) in residual form, ``kl_function(dmu, dsigma, sigma_p)``
+        with the effective dmu = mu_q - mu_p, dsigma = sigma_q / sigma_p (:func:`residual_kl`)."""
+        return kl_function(self.mu - prior.mu, self.sigma / prior.sigma, prior.sigma)
 
     def to_diagonal(self) -> DiagonalGaussian:
         """The same Gaussian as the library's :class:`DiagonalGaussian` (log-sigma parameterised)."""

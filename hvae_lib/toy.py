@@ -1,16 +1,24 @@
 """A linear-Gaussian latent variable model whose log p(x) is known in closed form (Chapter 1).
 
-p(z) = N(0, I_Z), p(x|z) = N(W z + b, s^2 I_D), so p(x) = N(b, W W^T + s^2 I_D). With a
-deliberately imperfect encoder q(z|x) = N(A x + c, diag(r^2)) the ELBO is strictly below log p(x)
-and the importance-weighted bound climbs towards it as K grows: the test bench for Chapter 1's
-bounds. It follows the same interface as the image models (a "likelihood" with ``log_prob``).
+p(z) = N(0, I_Z), p(x|z) = N(W z + b, s^2 I_D), so p(x) = N(b, W W^T + s^2 I_D) and the exact
+posterior is p(z|x) = N(S W^T (x - b) / s^2, S) with S = Lambda^-1, Lambda = I + W^T W / s^2.
+
+The encoder q(z|x) = N(A x + c, diag(r^2)) is diagonal, so it cannot represent the correlations of
+S: even the best diagonal encoder (the exact posterior mean and r_i^2 = 1 / Lambda_ii, which
+minimises KL(q || p(z|x)) over diagonal Gaussians) leaves the ELBO a gap of
+KL = 0.5 (sum_i log Lambda_ii - log det Lambda) nats, zero only when Lambda is diagonal.
+``posterior_error`` moves the encoder away from that optimum (shrunk means, inflated sigmas), so
+the importance-weighted bound has a gap to close: the test bench for Chapter 1's bounds. The model
+follows the same interface as the image models (a "likelihood" with ``log_prob``).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
-from .distributions import DiagonalGaussian, sum_except_batch
+from .distributions import LOG_2PI, DiagonalGaussian, sum_except_batch
 from .models.base import LatentVariableModel, ModelOutput
 
 
@@ -32,21 +40,49 @@ class LinearGaussianModel(LatentVariableModel):
         self.W = nn.Parameter(torch.randn(data_dim, latent_dim, generator=g))  # (D, Z)
         self.b = nn.Parameter(torch.randn(data_dim, generator=g) * 0.5)  # (D,)
         self.noise_log_sigma = noise_log_sigma
-        # The exact posterior is N(A* (x - b), S*) with S* = (I + W^T W / s^2)^-1, A* = S* W^T / s^2.
-        # The encoder starts from it, deliberately off: shrunk means and inflated sigmas (a broad
-        # proposal keeps importance sampling well behaved), so the ELBO has a gap to close.
-        noise_var = torch.exp(torch.tensor(2 * noise_log_sigma))
-        post_cov = torch.linalg.inv(torch.eye(latent_dim) + self.W.detach().T @ self.W.detach() / noise_var)
-        A = post_cov @ self.W.detach().T / noise_var * (1 - posterior_error)  # (Z, D)
+        # The encoder starts from the best diagonal one (exact posterior mean, variances
+        # 1 / Lambda_ii), deliberately off by posterior_error: shrunk means and inflated sigmas (a
+        # broad proposal keeps importance sampling well behaved), so the ELBO has a gap to close.
+        precision = self.posterior_precision()  # (Z, Z)
+        A = torch.linalg.solve(precision, self.W.detach().T) / self.noise_var * (1 - posterior_error)  # (Z, D)
         self.A = nn.Parameter(A)
         self.c = nn.Parameter(-A @ self.b.detach())
-        self.q_log_sigma = nn.Parameter(0.5 * torch.log(torch.diagonal(post_cov)) + 2 * posterior_error)
+        self.q_log_sigma = nn.Parameter(-0.5 * torch.log(torch.diagonal(precision)) + 2 * posterior_error)
+
+    @property
+    def noise_var(self) -> torch.Tensor:
+        return torch.exp(torch.tensor(2.0 * self.noise_log_sigma))
+
+    def posterior_precision(self) -> torch.Tensor:
+        """Lambda = I + W^T W / s^2, the precision of the exact posterior p(z|x) (the same for every x): (Z, Z)."""
+        W = self.W.detach()
+        return torch.eye(W.shape[1]) + W.T @ W / self.noise_var
+
+    def exact_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(z|x) = N(mean, cov): mean (B, Z) = Lambda^-1 W^T (x - b) / s^2, cov (Z, Z) = Lambda^-1."""
+        cov = torch.linalg.inv(self.posterior_precision())
+        mean = (x.flatten(1) - self.b.detach()) @ self.W.detach() @ cov / self.noise_var  # cov is symmetric
+        return mean, cov
 
     def exact_log_px(self, x: torch.Tensor) -> torch.Tensor:
         """log N(x; b, W W^T + s^2 I), per example: (B,)."""
         x = x.flatten(1)  # (B, D)
-        cov = self.W @ self.W.T + torch.exp(torch.tensor(2 * self.noise_log_sigma)) * torch.eye(x.shape[1])
+        cov = self.W @ self.W.T + self.noise_var * torch.eye(x.shape[1])
         return torch.distributions.MultivariateNormal(self.b, covariance_matrix=cov).log_prob(x)
+
+    @torch.no_grad()
+    def exact_elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """The ELBO without sampling, per example (B,): E_q[log p(x|z)] - KL(q || N(0, I)) with
+
+        E_q[log p(x|z)] = log N(x; W mu_q + b, s^2 I) - tr(W diag(r^2) W^T) / (2 s^2).
+        It equals exact_log_px(x) - KL(q(z|x) || p(z|x)).
+        """
+        q = self.encode(x)
+        mean_x = q.mu @ self.W.T + self.b  # (B, D)
+        d = mean_x.shape[1]  # D
+        log_lik = -0.5 * (d * (LOG_2PI + math.log(self.noise_var)) + ((x.flatten(1) - mean_x) ** 2).sum(1) / self.noise_var)
+        spread = ((self.W**2) @ q.sigma[0] ** 2).sum() / (2 * self.noise_var)  # tr(W diag(r^2) W^T) / (2 s^2)
+        return log_lik - spread - q.kl(DiagonalGaussian.standard(q.mu.shape)).sum(1)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         mu = x.flatten(1) @ self.A.T + self.c  # (B, Z)

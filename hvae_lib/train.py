@@ -1,14 +1,21 @@
 """``python -m hvae_lib.train --preset P [--set key=value ...] --out DIR``: train, or resume in DIR.
 
 Runs the same on a laptop CPU and under ``torchrun --nproc_per_node=G`` (DDP: NCCL on GPUs, gloo
-on CPU). ``--dry-run`` builds the model and data, prints the parameter count and the resolved
-config, and exits. Running the same command again resumes from ``DIR/checkpoint.pt``.
+on CPU). ``--dry-run`` needs no dataset: it builds the model for the data's shape, prints the
+parameter count, the activation memory of one training step and the resolved config, and exits.
+Running the same command again resumes from ``DIR/checkpoint.pt``.
+
+Exit status: 0 when the run finished; 2 for a config, checkpoint or data problem (one line saying
+what to change); 1 when a file of the run could not be written (one line naming it and the cause);
+128 + the signal's number when SIGINT (130), SIGTERM (143) or SIGUSR1 (138) stopped the run after
+saving a checkpoint at the step reached (one line with that step, the checkpoint and the command
+that resumes).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import shlex
 import sys
 
 import torch
@@ -17,35 +24,100 @@ import torch.distributed as dist
 from .checkpoint import CheckpointError
 from .config import ConfigError, describe, get_preset, list_presets, override
 from .data import DatasetUnavailableError
+from .ranges import ArgumentParser
+from .safe_write import WriteError
+from .stopping import StoppedWithRankZero, TrainingInterrupted, signal_name
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m hvae_lib.train", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m hvae_lib.train", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="vae_fashion", help="a preset name (see --list-presets)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set max_steps=200 (repeatable)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<preset>)")
-    p.add_argument("--dry-run", action="store_true", help="print the parameter count and config, then exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the parameter count, the activation memory of a step and the config, then exit")
     p.add_argument("--list-presets", action="store_true", help="print the presets, one per line, and exit")
     p.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out instead of resuming")
     return p.parse_args(argv)
 
 
+def activation_bytes(config) -> tuple[float, float, object]:
+    """(fixed bytes, bytes per image, model): what autograd saves for backward in one training step of
+    ``config``'s model, in its precision and checkpointing, as ``fixed + per_image * batch``.
+
+    Measured on this CPU on random images at batches of 2 and 4 (no dataset is read: the model is
+    built for the shape :func:`~hvae_lib.data.dataset_info` gives) and extrapolated linearly.
+    """
+    from .data import dataset_info
+    from .engine import PRECISIONS, build_model
+    from .memory import count_saved_tensors
+    from .objectives import elbo
+
+    try:
+        info = dataset_info(config.data.name, config.data.resolution)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    torch.manual_seed(config.run.seed)
+    model = build_model(config, info)
+    model.grad_checkpointing = config.run.grad_checkpointing
+    model.train()
+    dtype = PRECISIONS[config.run.precision]
+    saved = {}
+    for n in (2, 4):
+        x = torch.randint(0, 2**info.bits, (n, *info.image_shape)).float() / (2**info.bits - 1)  # (n, C, H, W)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            _, counted = count_saved_tensors(lambda: elbo(model(x), info.num_dims).loss, model.parameters())
+        saved[n] = counted.activation_bytes
+    per_image = (saved[4] - saved[2]) / 2
+    return saved[2] - 2 * per_image, per_image, model
+
+
+def dry_run(config) -> str:
+    """The parameter count, the activation memory of one training step at the config's (global) batch,
+    the memory of weights, gradients and optimiser state, and the resolved config; no dataset needed."""
+    from .memory import parameter_bytes
+
+    fixed, per_image, model = activation_bytes(config)
+    batch = config.optim.batch_size
+    copies = 4 + (config.optim.ema_rate > 0)  # weights, gradients, the optimiser's two moments (+ the EMA)
+    return (f"parameters: {sum(p.numel() for p in model.parameters())}\n"
+            f"activation memory of one training step at batch {batch}: {_size(fixed + per_image * batch)} "
+            f"({_size(per_image)} per image; what autograd saves for backward in {config.run.precision}"
+            f"{' with gradient checkpointing' if config.run.grad_checkpointing else ''}, measured on this CPU at "
+            f"batches 2 and 4 and extrapolated linearly; under torchrun each process holds its share)\n"
+            f"weights, gradients, optimiser state{' and EMA' if copies == 5 else ''}: "
+            f"{_size(copies * parameter_bytes(model))}\n" + describe(config))
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that resumes this run: the same arguments without --fresh (which would start over)."""
+    args = [a for a in argv if a != "--fresh"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        local = os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
+        return f"torchrun --nproc_per_node={local} -m hvae_lib.train {shlex.join(args)} (on every node)"
+    return f"python -m hvae_lib.train {shlex.join(args)}"
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.list_presets:
         for name, description in list_presets():
             print(f"{name}  {description}")
         return 0
-    from .engine import Trainer, TrainingError, build_data_and_model
+    from .engine import Trainer, TrainingError
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = int(os.environ.get("RANK", "0"))
     try:
         config = override(get_preset(args.preset), args.overrides)
         if args.dry_run:
-            _, model = build_data_and_model(config)
-            print(f"parameters: {sum(p.numel() for p in model.parameters())}")
-            print(describe(config), end="")
+            print(dry_run(config), end="")
             return 0
         if distributed:
             backend = "nccl" if torch.cuda.is_available() and config.run.device != "cpu" else "gloo"
@@ -60,6 +132,21 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError, DatasetUnavailableError, TrainingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except WriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except StoppedWithRankZero:
+        return 1  # rank 0 has said which file
+    except TrainingInterrupted as stop:
+        if rank == 0:
+            print(f"Stopped by {signal_name(stop.signum)} at step {stop.step} of {stop.max_steps}; checkpoint: "
+                  f"{stop.checkpoint}; resume with: {resume_command(argv)}", file=sys.stderr)
+        return stop.exit_status
+    except KeyboardInterrupt:
+        if rank == 0:
+            print("Interrupted before training began (or stopped at once without saving); the run folder's "
+                  "checkpoint, if any, is whole.", file=sys.stderr)
+        return 130
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

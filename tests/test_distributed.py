@@ -1,9 +1,11 @@
 """DDP on CPU: two gloo processes under torchrun train like one process on the same global batch."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,60 @@ def test_rank_zero_alone_writes_and_batches_shard_in_process(tmp_path):
     trainer.is_main = False  # what a rank > 0 sees; its files would clash with rank 0's
     trainer.fit()
     assert not any(p.is_file() for p in (tmp_path / "r0").rglob("*"))
+
+
+# Each rank notes the step it stopped at and the status main() returns, so the test can see that the
+# ranks agreed and that every one of them left cleanly (a rank stuck in a collective writes nothing).
+STOP_WORKER = textwrap.dedent("""
+    import os, sys
+    from hvae_lib import engine
+    from hvae_lib.train import main
+
+    fit, rank, dump = engine.Trainer.fit, int(os.environ["RANK"]), os.environ["DUMP"]
+
+    def fit_and_note(self):
+        try:
+            return fit(self)
+        finally:
+            with open(os.path.join(dump, f"step{rank}.txt"), "w") as f:
+                f.write(str(self.step))
+
+    engine.Trainer.fit = fit_and_note
+    status = main(sys.argv[1:])
+    with open(os.path.join(dump, f"status{rank}.txt"), "w") as f:
+        f.write(str(status))
+    sys.exit(status)
+""")
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_one_checkpoint_at_the_step_the_ranks_agree_on(tmp_path):
+    """SIGTERM to the torchrun launcher (as a scheduler sends it), which forwards it to both gloo ranks:
+    the ranks stop at the same step, rank 0 writes one checkpoint holding both ranks' RNG states and
+    prints one line, and every rank returns 143 well inside the launcher's 30 s grace period."""
+    script, dump, out = tmp_path / "worker.py", tmp_path / "dump", tmp_path / "run"
+    script.write_text(STOP_WORKER)
+    dump.mkdir()
+    sets = sum((["--set", s] for s in ("max_steps=100000", "log_every=1", "eval_every=0", "checkpoint_every=0",
+                                         "sample_every=0", "quiet=true")), [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "DUMP": str(dump)}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script), "--preset", "vae_tiny", "--out", str(out), *sets],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    signalled = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert time.time() - signalled < 30, "the ranks did not leave within torchrun's grace period"
+    steps = {r: int((dump / f"step{r}.txt").read_text()) for r in (0, 1)}
+    assert {r: (dump / f"status{r}.txt").read_text() for r in (0, 1)} == {0: "143", 1: "143"}, stderr[-3000:]
+    saved = load_checkpoint(out / "checkpoint.pt")
+    assert steps[0] == steps[1] == saved["step"] >= 3, (steps, saved["step"])
+    assert saved["world_size"] == 2 and len(saved["rng"]) == 2
+    assert stderr.count("Stopped by SIGTERM") == 1 and f"at step {saved['step']} of 100000" in stderr
+    assert "resume with: torchrun --nproc_per_node=2 -m hvae_lib.train" in stderr
+    assert not list(out.glob(".*.tmp"))

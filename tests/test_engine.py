@@ -209,6 +209,38 @@ def test_with_defaults_the_loss_is_the_negative_elbo(tmp_path):
     assert beta == pytest.approx(0.4) and torch.allclose(loss, terms.recon + 0.4 * terms.kl)
 
 
+def test_a_loss_fn_replaces_the_training_loss(tmp_path):
+    """Chapters 1 and 2 train with the student's loss: loss_fn(out, beta) is what is minimised."""
+    seen = []
+
+    def negative_elbo(out, beta):
+        seen.append(beta)
+        return (beta * out.kl_per_group.sum(1) - out.log_px_z).mean()
+
+    default = Trainer(tiny("kl_warmup_steps=10", "kl_warmup_start=0"), tmp_path / "a", resume=False)
+    custom = Trainer(tiny("kl_warmup_steps=10", "kl_warmup_start=0"), tmp_path / "b", resume=False, loss_fn=negative_elbo)
+    x = default.batches.get(0)
+    for trainer in (default, custom):
+        torch.manual_seed(5)
+        trainer.result = trainer.loss(x, 4)
+    assert seen == [pytest.approx(0.4)]
+    assert torch.allclose(custom.result[0], default.result[0]) and custom.result[2] == default.result[2]
+
+    frozen = Trainer(tiny(), tmp_path / "c", resume=False, loss_fn=lambda out, beta: 0.0 * out.log_px_z.mean())
+    before = [p.detach().clone() for p in frozen.model.parameters()]
+    record = frozen.train_step()
+    assert record["loss"] == 0.0 and record["bpd"] > 0  # the exact ELBO is still reported
+    assert all(torch.equal(a, b) for a, b in zip(before, frozen.model.parameters())), "a zero loss moved the weights"
+
+    per_image = Trainer(tiny(), tmp_path / "d", resume=False, loss_fn=lambda out, beta: -out.log_px_z)
+    with pytest.raises(TrainingError, match=r"loss_fn must return a scalar tensor .* got shape \(32,\)"):
+        per_image.train_step()
+    from hvae_lib.config import ConfigError
+
+    with pytest.raises(ConfigError, match="free_bits and kl_balancing would be ignored"):
+        Trainer(tiny("free_bits=0.5"), tmp_path / "e", resume=False, loss_fn=negative_elbo)
+
+
 def test_ema_follows_the_weights_and_serves_evaluation(tmp_path):
     trainer = Trainer(tiny("ema_rate=0.75"), tmp_path, resume=False)
     ema_before = [p.clone() for p in trainer.ema.parameters()]
@@ -318,3 +350,38 @@ def test_every_tiny_preset_honours_grad_checkpointing(name):
         sizes.append(size)
     assert sizes[1] < sizes[0], f"{name}: grad_checkpointing saved {sizes[1]} bytes vs {sizes[0]} without"
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*grads))
+
+
+# ----------------------------------------------------------------------------- speed switches
+
+
+def test_channels_last_trains_like_the_default_layout(tmp_path):
+    runs = {}
+    for flag in ("false", "true"):  # one after the other: a Trainer seeds the global RNG when built
+        runs[flag] = Trainer(tiny("max_steps=3", f"channels_last={flag}"), tmp_path / flag, resume=False)
+        runs[flag].fit()
+    conv = runs["true"].model.encoder[0][0].weight  # (C_out, C_in, 3, 3)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    for (name, a), b in zip(runs["false"].model.state_dict().items(), runs["true"].model.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), f"{name} differs in the NHWC layout"
+    saved = load_checkpoint(tmp_path / "true" / "checkpoint.pt")
+    assert saved["model"].keys() == runs["false"].model.state_dict().keys()
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager_and_saves_the_plain_weights(tmp_path):
+    """run.compile: the training forward goes through torch.compile; the losses and weights match eager
+    ones up to float reordering, and the checkpoint holds the model's own keys (no '_orig_mod.')."""
+    runs, losses = {}, {}
+    for flag in ("false", "true"):
+        runs[flag] = Trainer(tiny("max_steps=2", f"compile={flag}"), tmp_path / flag, resume=False)
+        losses[flag] = [runs[flag].train_step()["loss"] for _ in range(2)]
+    assert runs["true"].forward is not runs["true"].ddp and runs["false"].forward is runs["false"].ddp
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+    # Adamax moves each weight by at most lr per step (exactly lr * sign(g) on the first), so a
+    # near-zero gradient whose sign differs after float reordering may move a weight by 2 lr.
+    bound = 2 * sum(lr_factor(s, runs["true"].config.optim) * 2e-3 for s in range(2))
+    for a, b in zip(runs["false"].model.parameters(), runs["true"].model.parameters()):
+        assert (a - b).abs().max() <= bound + 1e-7
+    runs["true"].save()
+    assert load_checkpoint(tmp_path / "true" / "checkpoint.pt")["model"].keys() == runs["false"].model.state_dict().keys()

@@ -54,6 +54,54 @@ def test_precision_merge_is_stable_at_extreme_sigmas():
     assert torch.allclose(q.mu, torch.tensor([1.0, -1.0])) and torch.allclose(q.log_sigma, torch.tensor([-40.0, -40.0]))
 
 
+def test_merge_fn_replaces_the_precision_merge_and_is_not_saved():
+    """Chapter 2 trains with the student's merge: model.merge_fn is what the precision merge calls."""
+    import copy
+
+    model = small_lvae("precision")
+    x = torch.randint(0, 256, (4, 1, 16, 16)) / 255
+    torch.manual_seed(2)
+    reference = model(x)
+    calls = []
+
+    def mine(bottom_up, top_down):
+        calls.append(bottom_up.mu.shape)
+        return precision_weighted_merge(bottom_up, top_down)
+
+    model.merge_fn = mine
+    torch.manual_seed(2)
+    assert torch.equal(model(x).log_px_z, reference.log_px_z)
+    assert len(calls) == model.num_groups - 1  # once per group below the top
+    assert copy.deepcopy(model).merge_fn is mine and "merge_fn" not in str(model.state_dict().keys())
+    model.merge_fn = lambda bottom_up, top_down: top_down  # posterior = prior: the lower groups carry nothing
+    assert (model(x).kl_per_group[:, 1:] == 0).all()
+    assert LadderVAE.merge_fn is not model.merge_fn  # only this instance changed
+    learned = small_lvae("learned")
+    learned.merge_fn = lambda *_: (_ for _ in ()).throw(AssertionError("the learned merge must not call merge_fn"))
+    learned(x)
+
+
+def test_initialisation_zero_priors_and_scaled_residual_branches():
+    """The docstring's three promises: p(z_l | z_<l) = N(0, I) and small KLs at the start, and
+    residual branches scaled by 1/sqrt(N), N = 2 * L * blocks_per_group."""
+    model = small_lvae("learned", groups=(1, 2), blocks_per_group=2)
+    for prior in model.priors:
+        p = DiagonalGaussian.from_params(prior(torch.randn(3, 8, 4, 4)))
+        assert torch.equal(p.mu, torch.zeros_like(p.mu)) and torch.equal(p.log_sigma, torch.zeros_like(p.log_sigma))
+    x = torch.randint(0, 256, (16, 1, 16, 16)) / 255
+    with torch.no_grad():
+        assert model(x).kl_per_group.mean(0).sum() < 2.0
+    from hvae_lib.models.lvae import ResBlock
+
+    scale = (2 * model.num_groups * 2) ** -0.5
+    torch.manual_seed(7)
+    plain = ResBlock(8, 1.0)
+    torch.manual_seed(7)
+    scaled = ResBlock(8, scale)
+    assert torch.allclose(scaled.conv2.weight, plain.conv2.weight * scale) and torch.equal(scaled.conv1.weight, plain.conv1.weight)
+    assert all(len(blocks) == 2 for blocks in model.td_blocks)
+
+
 @pytest.mark.parametrize("merge", ["precision", "learned"])
 def test_analytic_kls_sum_to_the_monte_carlo_log_ratio(merge):
     """E_q[log q(z|x) - log p(z)] = sum over groups of E[KL_l]: averaged over many posterior samples

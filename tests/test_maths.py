@@ -83,11 +83,19 @@ def test_logistic_mixture_is_normalised(bits, channels):
 
 @pytest.mark.parametrize("bits", [8, 5])
 def test_uniform_likelihood_is_bit_depth_bits_per_dim(bits):
-    """A model giving every one of the 2^bits values probability 2^-bits scores exactly `bits`."""
-    x = torch.randint(0, 2**bits, (4, 3, 8, 8)) / (2**bits - 1)
-    uniform = torch.distributions.Categorical(logits=torch.zeros(2**bits))
-    log_px = uniform.log_prob((x * (2**bits - 1)).round().long()).flatten(1).sum(1)  # (B,)
-    assert torch.allclose(nats_to_bpd(-log_px, 3 * 8 * 8), torch.full((4,), float(bits)))
+    """The library's mixture made uniform (2^bits equal components, one narrow logistic centred on
+    each pixel value) gives every value probability 2^-bits, so any image scores exactly `bits`."""
+    levels = 2**bits
+    per_pixel = torch.cat([torch.zeros(levels),  # equal mixture logits
+                           torch.linspace(-1, 1, levels),  # component means: the pixel values in [-1, 1]
+                           torch.full((levels,), -12.0),  # log-scales: 6e-6, far inside a bin
+                           torch.zeros(levels)])  # (coefficients, unused for one channel)
+    x = torch.randint(0, levels, (4, 1, 8, 8), generator=torch.Generator().manual_seed(bits)) / (levels - 1)
+    params = per_pixel.view(1, -1, 1, 1).expand(4, -1, 8, 8)  # (B, M (1 + 3), H, W)
+    log_px = DiscretizedLogisticMixture(params, 1, bits, log_scale_min=-12.0).log_prob(x)  # (B,)
+    torch.testing.assert_close(nats_to_bpd(-log_px, 8 * 8), torch.full((4,), float(bits)), rtol=1e-5, atol=1e-5)
+    bernoulli = Bernoulli(torch.zeros(4, 1, 8, 8)).log_prob(torch.randint(0, 2, (4, 1, 8, 8)).float())
+    torch.testing.assert_close(nats_to_bpd(-bernoulli, 64), torch.ones(4))  # a fair coin: 1 bit/dim
 
 
 def test_logistic_sample_on_bit_grid_and_concentrates():
@@ -124,13 +132,39 @@ def test_iw_bound_is_above_elbo_and_approaches_exact_log_px():
     assert exact - iw[1000] < 0.1 * (exact - elbo_value)  # K = 1000 closes >90% of it
 
 
-def test_elbo_is_tight_when_q_is_the_exact_posterior():
+def test_toy_posterior_and_elbo_in_closed_form():
+    """Bayes' rule holds at any z: log p(z) + log p(x|z) - log p(z|x) = log p(x). The closed-form
+    ELBO is log p(x) - KL(q || p(z|x)), and the sampled ELBO averages to it."""
     torch.manual_seed(0)
-    model = LinearGaussianModel(posterior_error=0.0)
-    x = model.sample(512)
+    model = LinearGaussianModel(data_dim=5, latent_dim=3, posterior_error=0.1)
+    x = model.sample(64)
+    mean, cov = model.exact_posterior(x)
+    z = torch.randn(64, 3)
+    posterior = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
     with torch.no_grad():
-        elbo_value = torch.stack([elbo(model(x), model.num_dims).elbo for _ in range(50)]).mean()
-    assert abs(elbo_value - model.exact_log_px(x).mean()) < 0.02
+        log_joint = model.decode(z).log_prob(x) + torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1)
+    assert torch.allclose(log_joint - posterior.log_prob(z), model.exact_log_px(x), atol=1e-3)
+    q = model.encode(x)
+    q_full = torch.distributions.MultivariateNormal(q.mu.detach(), covariance_matrix=torch.diag_embed(q.sigma.detach() ** 2))
+    gap = torch.distributions.kl_divergence(q_full, posterior)
+    assert torch.allclose(model.exact_log_px(x) - model.exact_elbo(x), gap, atol=1e-3)
+    with torch.no_grad():
+        sampled = torch.stack([elbo(model(x), model.num_dims).elbo for _ in range(400)]).mean(0)
+    assert abs((sampled - model.exact_elbo(x)).mean()) < 0.05
+
+
+def test_the_best_diagonal_encoder_leaves_a_small_gap():
+    """With posterior_error=0 the encoder is the best diagonal Gaussian (variances 1 / Lambda_ii):
+    its gap is 0.5 (sum log Lambda_ii - log det Lambda) > 0, and any other diagonal variance is worse."""
+    model = LinearGaussianModel(posterior_error=0.0)
+    x = model.sample(16)
+    precision = model.posterior_precision()
+    expected = 0.5 * (torch.log(precision.diagonal()).sum() - torch.logdet(precision))
+    gap = model.exact_log_px(x) - model.exact_elbo(x)
+    assert 0 < expected < 0.01 and torch.allclose(gap, expected.expand(16), atol=1e-4)
+    with torch.no_grad():
+        model.q_log_sigma.add_(0.1)
+    assert (model.exact_log_px(x) - model.exact_elbo(x) > gap + 1e-3).all()
 
 
 def test_iw_bound_chunking_does_not_change_the_result():

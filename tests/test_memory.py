@@ -2,7 +2,8 @@
 import torch
 from torch import nn
 
-from hvae_lib.memory import count_saved_tensors, optimizer_state_bytes, parameter_bytes
+from hvae_lib.memory import (count_saved_tensors, gradient_bytes, optimizer_state_bytes, parameter_bytes,
+                             saved_bytes_by_site)
 
 
 def test_linear_layer_saves_its_input_and_weight():
@@ -35,3 +36,43 @@ def test_parameter_and_adam_state_bytes():
     model(torch.randn(3, 10)).sum().backward()
     opt.step()
     assert optimizer_state_bytes(opt) == 2 * 55 * 4 + 2 * 4  # exp_avg, exp_avg_sq, and a step counter each
+
+
+# ---------------------------------------------------------------- by site (Chapter 5)
+class TwoLayers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(8, 16)
+        self.second = nn.Sequential(nn.Linear(16, 4), nn.Tanh())
+
+    def forward(self, x):
+        h = self.second(self.first(x))  # (B, 4)
+        return (h * h).sum()  # the root's own code saves h (already saved by tanh: counted once, there)
+
+
+def test_saved_bytes_by_site_attributes_each_storage_to_the_innermost_module():
+    model = TwoLayers()
+    x = torch.randn(5, 8, requires_grad=True)
+    result, sites = saved_bytes_by_site(lambda: model(x), model)
+    _, total = count_saved_tensors(lambda: model(x), model.parameters())
+    assert result.shape == ()
+    # The source is the first file outside torch up the stack: here, this file's forward.
+    assert sites == {("first", "test_memory"): 5 * 8 * 4,  # its input (the parameters are left out)
+                     ("second.0", "test_memory"): 5 * 16 * 4,  # first's output, saved by the second linear
+                     ("second.1", "test_memory"): 5 * 4 * 4}  # tanh's output, saved once (the root reuses it)
+    assert sum(sites.values()) == total.activation_bytes
+
+
+def test_saved_bytes_by_site_gives_code_outside_submodules_to_the_root_and_removes_its_hooks():
+    model = nn.Sequential(nn.Linear(3, 3))
+    x = torch.randn(4, 3, requires_grad=True)
+    _, sites = saved_bytes_by_site(lambda: torch.exp(model(x)).sum(), model)
+    assert sites == {("0", "test_memory"): 4 * 3 * 4, ("", "test_memory"): 4 * 3 * 4}  # x, then exp's output
+    assert not model[0]._forward_hooks and not model[0]._forward_pre_hooks
+
+
+def test_gradient_bytes_counts_what_backward_left():
+    model = nn.Linear(10, 5)
+    assert gradient_bytes(model) == 0
+    model(torch.randn(2, 10)).sum().backward()
+    assert gradient_bytes(model) == parameter_bytes(model) == 55 * 4

@@ -6,6 +6,7 @@ paid once here instead of once per command. One test runs the real CLI on a fres
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,59 @@ _spec = importlib.util.spec_from_file_location("notebooks_tool", TOOL)
 notebooks = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(notebooks)
 
+
+def graded(name, test, points=1, hidden=True):
+    """An exercise and its grade cell, as a chapter writes them (hvae_lib/exercises.py)."""
+    hidden_tests = f"### BEGIN HIDDEN TESTS\n{test}\n### END HIDDEN TESTS\n" if hidden else ""
+    return f'''
+
+# %% nbgrader={{"grade": true, "grade_id": "{name}_points", "locked": true, "points": {points}, "schema_version": 3, "solution": false, "task": false}}
+print("checked {name}")
+{hidden_tests}'''
+
+
+def exercise(n, name, signature, body, test):
+    return f'''
+
+# %% nbgrader={{"grade": false, "grade_id": "ex0{n}_{name}", "locked": false, "schema_version": 3, "solution": true, "task": false}}
+def {signature}:
+    ### BEGIN SOLUTION
+    {body}
+    ### END SOLUTION
+''' + graded(f"ex0{n}_{name}", test)
+
+
+# The demo is a gradable chapter (tools/notebooks.py's grading_problems): four exercises with
+# grade cells, one used afterwards, one prediction revealed. The first exercise's plain check cell
+# sits before its grade cell, as helper cells may.
+GRADED = (graded("ex01_add", "assert add(-1, 1) == 0")
+          + exercise(2, "sub", "sub(a, b)", "return a - b", "assert sub(3, 1) == 2")
+          + exercise(3, "mul", "mul(a, b)", "return a * b", "assert mul(3, 2) == 6")
+          + exercise(4, "neg", "neg(a)", "return -a", "assert neg(3) == -3")
+          + '''
+
+# %% nbgrader={"grade": false, "grade_id": "predict01_sum", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def predicted_sum():
+    ### BEGIN SOLUTION
+    return 5
+    ### END SOLUTION
+
+
+# %%
+def use_if_correct(name, mine, library, ok):
+    return mine if ok else library
+
+
+def reveal_prediction(question, guess, measured):
+    try:
+        print(question, guess(), measured)
+    except NotImplementedError:
+        print(question, measured)
+
+
+total = use_if_correct("add", add, lambda a, b: a + b, False)(2, 3)
+reveal_prediction("2 + 3", predicted_sum, total)
+''')
 EXERCISE_HEADER = (
     '# %% nbgrader={"grade": false, "grade_id": "ex01_add", "locked": false, '
     '"schema_version": 3, "solution": true}'
@@ -61,7 +115,7 @@ try:
     print("correct")
 except NotImplementedError:
     print("not done yet")
-'''
+{GRADED}'''
 PAIRED = ["chapters/01_demo.ipynb", "chapters/01_demo.py", "solutions/01_demo.ipynb"]
 
 
@@ -107,11 +161,11 @@ def test_sync_builds_worksheet_and_pairs(repo, capsys):
 
     worksheet = (repo / "chapters/01_demo.py").read_text()
     assert "# YOUR CODE HERE\n    raise NotImplementedError()" in worksheet
-    assert "return a + b" not in worksheet and "SOLUTION" not in worksheet
-    # Identical to the solution except for the cleared region.
-    assert worksheet.replace("    # YOUR CODE HERE\n    raise NotImplementedError()\n", "") == DEMO.replace(
-        "    ### BEGIN SOLUTION\n    return a + b\n    ### END SOLUTION\n", ""
-    )
+    assert "return a + b" not in worksheet and "SOLUTION" not in worksheet and "HIDDEN" not in worksheet
+    # Identical to the solution except for the cleared regions and the removed hidden tests.
+    assert worksheet.replace("    # YOUR CODE HERE\n    raise NotImplementedError()\n", "") == re.sub(
+        r"    ### BEGIN SOLUTION\n.*?    ### END SOLUTION\n|### BEGIN HIDDEN TESTS\n.*?### END HIDDEN TESTS\n", "",
+        DEMO, flags=re.S)
 
     for folder in ("solutions", "chapters"):
         nb = nbformat.read(repo / folder / "01_demo.ipynb", as_version=4)
@@ -291,3 +345,50 @@ def test_hidden_tests_outside_a_graded_cell_are_refused(repo, capsys):
     source.write_text(source.read_text() + "\n\n# %%\n### BEGIN HIDDEN TESTS\nassert True\n### END HIDDEN TESTS\n")
     assert cli(repo, "sync") == 1
     assert "ClearHiddenTests" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- gradable chapters
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ('# %% nbgrader={"grade": true, "grade_id": "ex02_sub_points", "locked": true, "points": 1, '
+         '"schema_version": 3, "solution": false, "task": false}\nprint("checked ex02_sub")\n'
+         "### BEGIN HIDDEN TESTS\nassert sub(3, 1) == 2\n### END HIDDEN TESTS\n", '# %%\nprint("checked ex02_sub")\n',
+         ["exercise 'ex02_sub' (cell 5) is not followed by a grade cell", "3 graded exercises"]),
+        ('"grade_id": "ex03_mul_points", "locked": true, "points": 1', '"grade_id": "ex03_mul_points", "locked": true, "points": 0',
+         ["exercise 'ex03_mul' (cell 7): its grade cell 'ex03_mul_points' carries no points"]),
+        ("### BEGIN HIDDEN TESTS\nassert neg(3) == -3\n### END HIDDEN TESTS\n", "",
+         ["exercise 'ex04_neg' (cell 9): its grade cell 'ex04_neg_points' has no hidden test that can fail"]),
+        ("use_if_correct", "pick", ["no use_if_correct(...)"]),
+        ('reveal_prediction("2 + 3", predicted_sum, total)', "print(total)",
+         ["prediction 'predict01_sum' (cell 11) defines no function that a later reveal_prediction"]),
+    ],
+    ids=["no-grade-cell", "no-points", "no-hidden-test", "nothing-used", "never-revealed"],
+)
+def test_check_refuses_a_chapter_that_cannot_be_graded(repo, old, new, expected, capsys):
+    path = repo / "solutions/01_demo.py"
+    assert cli(repo, "sync") == 0
+    commit_all(repo)
+    assert cli(repo, "check") == 0 and capsys.readouterr().err == ""
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new))
+    assert cli(repo, "sync") == 0  # sync only warns, so a chapter can be written step by step
+    warnings = capsys.readouterr().err
+    commit_all(repo)
+    assert cli(repo, "check") == 1
+    err = capsys.readouterr().err
+    for message in expected:
+        assert f"solutions/01_demo.py: {message}" in err and message in warnings
+    assert "out of sync" not in err
+
+
+@pytest.mark.parametrize("chapter", sorted((REPO / "solutions").glob("*.py")), ids=lambda p: p.stem)
+def test_every_chapter_is_gradable(chapter):
+    """At least four exercises, each followed by a grade cell with points and a hidden test that can
+    fail; one exercise feeds the chapter's model (use_if_correct); every prediction is revealed."""
+    config = notebooks.load_config(REPO)
+    nb, rel = notebooks.read_solution(chapter, REPO, config)
+    problems = notebooks.grading_problems(nb, rel)
+    assert problems == [], "\n".join(problems)

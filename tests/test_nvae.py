@@ -8,10 +8,12 @@ from torch import nn
 import hvae_lib.presets.nvae  # noqa: F401  (registers the NVAE presets)
 from hvae_lib.bn_readjust import cached_temperatures, readjusted_bn, sample_with_readjusted_bn
 from hvae_lib.config import get_preset, override
+from hvae_lib.data import dataset_info
 from hvae_lib.engine import Trainer
 from hvae_lib.layers import WNConv2d
 from hvae_lib.models.nvae import NVAE
 from hvae_lib.models.nvae_parts import groups_per_scale
+from hvae_lib.residual_normal import NVAENormal, residual_kl
 
 SMALL = dict(num_latent_scales=2, num_groups_per_scale=2, ada_groups=True, num_latent_per_group=4,
              num_channels_enc=4, num_channels_dec=4, num_preprocess_cells=1, num_postprocess_cells=1, num_mix=3)
@@ -48,17 +50,49 @@ def test_forward_returns_the_model_contract():
 
 
 def test_kl_is_known_in_closed_form_when_the_encoder_outputs_nothing():
-    """Zero posterior convs: q equals the prior for every residual group (KL 0) and the top q is
-    N(0, 1.01^2) against N(0, 1) (the official sigma floor): 0.5 (1.01^2 - 1 - 2 log 1.01) per element."""
+    """Zero posterior convs: q equals the prior for every residual group (KL 0), and the top group's
+    q is N(0, 1.01^2) (sigma = exp(0) + 0.01, the official sigma floor) against our top prior N(0, 1),
+    the paper's: 0.5 (1.01^2 - 1 - 2 log 1.01) per element. (The official code builds its top prior
+    with the same floor, N(0, 1.01^2), so there this KL would be 0.)"""
     model = small_nvae()
     with torch.no_grad():
         for group in model.groups:
             group.posterior.weight.zero_()
             group.posterior.bias.zero_()
+    top_prior = NVAENormal.standard((2, 3))
+    assert torch.equal(top_prior.mu, torch.zeros(2, 3)) and torch.equal(top_prior.sigma, torch.ones(2, 3))
     out = model(images())
     per_element = 0.5 * (1.01**2 - 1 - 2 * math.log(1.01))
     torch.testing.assert_close(out.kl_per_group[:, 0], torch.full((4,), 64 * per_element))
     assert out.kl_per_group[:, 1:].abs().max() < 1e-5
+
+
+def test_without_the_residual_normal_q_is_the_encoders_alone_and_kl_function_is_used():
+    """residual_normal=False: zero posterior convs give q = N(0, 1.01^2) in every group, so each
+    group's KL is that of N(0, 1.01^2) against its own prior, not 0; kl_function computes the KL."""
+    x = images()
+    model = small_nvae(residual_normal=False)
+    with torch.no_grad():
+        for group in model.groups:
+            group.posterior.weight.zero_()
+            group.posterior.bias.zero_()
+    priors = []
+    hooks = [g.prior.register_forward_hook(lambda m, i, out: priors.append(out)) for g in model.groups if g.prior is not None]
+    torch.manual_seed(0)
+    out = model(x)
+    for h in hooks:
+        h.remove()
+    for l, prior in zip((1, 2), priors):
+        q = NVAENormal.from_params(torch.zeros_like(prior))  # N(0, 1.01^2), (B, Z, h, w)
+        expected = q.to_diagonal().kl(NVAENormal.from_params(prior).to_diagonal()).flatten(1).sum(1)  # (B,)
+        torch.testing.assert_close(out.kl_per_group[:, l], expected, rtol=1e-4, atol=1e-4)
+        assert expected.min() > 0.1
+    model.kl_function = lambda dmu, dsigma, sigma_p: 2 * residual_kl(dmu, dsigma, sigma_p)
+    torch.manual_seed(0)
+    torch.testing.assert_close(model(x).kl_per_group, 2 * out.kl_per_group)
+    config = override(get_preset("nvae_tiny"), {"residual_normal": False})
+    assert config.model.residual_normal is False and config.model.build((1, 16, 16), 8, "logistic_mixture").residual_normal is False
+    assert get_preset("nvae_tiny").model.residual_normal is True
 
 
 def test_bn_momentum_is_005_everywhere_and_every_conv_is_regularised():
@@ -219,7 +253,8 @@ def test_paper_presets_have_the_official_parameter_counts(name):
     """Exact counts from instantiating NVlabs/NVAE's AutoEncoder with the README's command lines
     (CIFAR-10 includes its flow cells: 1,636,800 parameters); the paper reports 33.4M and 130.9M."""
     config = get_preset(name)
-    shape, bits, kind = ((1, 32, 32), 1, "bernoulli") if name == "nvae_mnist" else ((3, 32, 32), 8, "logistic_mixture")
+    info = dataset_info(get_preset(name).data.name)  # MNIST: 28x28, padded to the 32x32 canvas inside
+    shape, bits, kind = info.image_shape, info.bits, info.likelihood
     with torch.device("meta"):
         model = config.model.build(shape, bits, kind)
     count = sum(p.numel() for p in model.parameters())

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hvae_lib.layers import (BatchNorm2d, EncoderCell, FactorizedReduce, GenerativeCell, SpectralRegularizer,
-                             SqueezeExcite, WNConv2d, bn_regularizer, frozen_running_stats)
+                             SqueezeExcite, WNConv2d, bn_regularizer, frozen_running_stats, generative_cell,
+                             use_generative_cell)
+from hvae_lib.operator_norm import conv_operator_norm, reshaped_kernel_norm
 from hvae_lib.residual_normal import NVAENormal, residual_kl
 
 
@@ -143,6 +145,53 @@ def test_generative_cell_is_depthwise_and_cheaper_than_a_dense_5x5_cell():
     assert cell(x).shape == x.shape
     up = GenerativeCell(16, upsample=True)
     assert up(x).shape == (2, 8, 16, 16) and isinstance(up.branch[0], nn.Upsample)
+
+
+@pytest.mark.parametrize("upsample,use_se", [(False, True), (True, True), (False, False)])
+def test_generative_cell_function_is_skip_plus_a_tenth_of_the_branch_and_can_be_swapped(upsample, use_se):
+    torch.manual_seed(11)
+    cell, x = GenerativeCell(8, upsample=upsample, use_se=use_se), torch.randn(3, 8, 6, 6)
+    expected = cell.skip(x) + 0.1 * cell.branch(x)  # the Sequential, layer by layer
+    torch.testing.assert_close(cell(x), expected, rtol=0, atol=0)
+    torch.testing.assert_close(generative_cell(x, cell.layers()), expected, rtol=0, atol=0)
+    layers = cell.layers()
+    assert [layers.expand.kernel_size, layers.depthwise.kernel_size, layers.project.kernel_size] == [(1, 1), (5, 5), (1, 1)]
+    assert layers.depthwise.groups == 48 and isinstance(layers.se, SqueezeExcite) == use_se
+    # A function set on the cell replaces its forward; None restores the library's.
+    stack = nn.Sequential(GenerativeCell(8), GenerativeCell(8), EncoderCell(8))
+    wrong = lambda x, layers: layers.skip(x) + 0.2 * layers.se(layers.bn_out(layers.project(layers.expand(x))))  # noqa: E731
+    before = stack(x)
+    assert use_generative_cell(stack, wrong) == 2
+    assert not torch.allclose(stack(x), before)
+    assert use_generative_cell(stack, None) == 2
+    torch.testing.assert_close(stack(x), before, rtol=0, atol=0)
+
+
+def test_operator_norm_of_a_conv_matches_its_dense_matrix_and_differs_from_the_reshaped_kernel_norm():
+    """Against the exact norm of the convolution's matrix (built by autograd), for a dense, a
+    strided and a depthwise kernel; and the analytic anchor of a constant 3x3 kernel, whose
+    operator norm tends to 9 on large images while its reshaped norm is 3."""
+    torch.manual_seed(12)
+    for weight, size, stride, groups in [(torch.randn(6, 3, 3, 3), 6, 1, 1), (torch.randn(4, 3, 3, 3), 8, 2, 1),
+                                         (torch.randn(5, 1, 5, 5), 6, 1, 5)]:
+        c_in = weight.shape[1] * groups
+        dense = torch.autograd.functional.jacobian(
+            lambda v: F.conv2d(v.view(1, c_in, size, size), weight.double(), stride=stride,
+                               padding=weight.shape[-1] // 2, groups=groups).flatten(),
+            torch.zeros(c_in * size * size, dtype=torch.float64))  # (C_out H' W', C_in H W)
+        exact = torch.linalg.matrix_norm(dense, ord=2)
+        estimate = conv_operator_norm(weight, (size, size), stride=stride, groups=groups, iterations=1000)
+        assert estimate <= exact * (1 + 1e-9) and estimate == pytest.approx(exact.item(), rel=1e-4)
+    ones = torch.ones(1, 1, 3, 3)
+    assert reshaped_kernel_norm(ones) == pytest.approx(3.0)
+    assert 8.9 < conv_operator_norm(ones, (64, 64)) <= 9.0  # k = 3 times the reshaped norm, up to the border
+    # A depthwise kernel whose channels share one filter: the reshaped matrix overstates by sqrt(C).
+    shared = torch.randn(1, 1, 3, 3).expand(16, 1, 3, 3).contiguous()
+    assert reshaped_kernel_norm(shared) == pytest.approx(4 * reshaped_kernel_norm(shared[:1]).item(), rel=1e-5)
+    assert conv_operator_norm(shared, (16, 16), groups=16) == pytest.approx(
+        conv_operator_norm(shared[:1], (16, 16)).item(), rel=1e-3)
+    with pytest.raises(ValueError, match="conv kernel"):
+        conv_operator_norm(torch.randn(3, 3), (4, 4))
 
 
 def test_encoder_cells_keep_or_halve_the_resolution():

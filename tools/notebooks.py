@@ -8,7 +8,8 @@
 Commands, run from the repository root:
 
     python tools/notebooks.py sync                  regenerate everything from solutions/*.py
-    python tools/notebooks.py check                 sync, then fail if git shows any change (CI)
+    python tools/notebooks.py check                 sync, then fail if git shows any change or a chapter
+                                                    is not gradable (see grading_problems) (CI)
     python tools/notebooks.py execute FILE.ipynb..  refresh a solution notebook's outputs (full mode)
 
 Pairs are always rebuilt .py -> .ipynb, never by timestamp: after a clone every file has the
@@ -18,6 +19,7 @@ same mtime, and jupytext's `--sync` could then overwrite a .py edit with a stale
 import argparse
 import copy
 import os
+import re
 import subprocess
 import sys
 import time
@@ -89,6 +91,92 @@ def make_worksheet(nb, rel):
     return worksheet
 
 
+MIN_GRADED_EXERCISES = 4  # per chapter (the course's convention, docs/instructors.md)
+
+
+def nbgrader_meta(cell):
+    return cell.metadata.get("nbgrader", {})
+
+
+def graded_exercises(nb):
+    """The chapter's exercises and what grades them, read from the nbgrader metadata.
+
+    Returns (exercises, predictions): ``exercises`` lists, for every solution cell whose grade_id
+    does not start with "predict", a dict with its ``grade_id``, ``cell`` index and the first
+    nbgrader cell after it (``graded_by``: the grade cell's dict of ``grade_id``, ``points``,
+    ``cell``, ``hidden``, or None when the next nbgrader cell is not a grade cell); ``predictions``
+    lists the grade_ids of the "predict, then run" cells.
+    """
+    marked = [(i, cell) for i, cell in enumerate(nb.cells) if nbgrader_meta(cell)]
+    hide = ClearHiddenTests()
+    exercises, predictions = [], []
+    for k, (i, cell) in enumerate(marked):
+        meta = nbgrader_meta(cell)
+        if not meta.get("solution") or meta.get("grade"):
+            continue
+        if meta["grade_id"].startswith("predict"):
+            predictions.append(meta["grade_id"])
+            continue
+        graded_by = None
+        if k + 1 < len(marked):
+            j, nxt = marked[k + 1]
+            nxt_meta = nbgrader_meta(nxt)
+            if nxt_meta.get("grade") and not nxt_meta.get("solution"):
+                lines = nxt.source.split("\n")
+                start = [n for n, ln in enumerate(lines) if hide.begin_test_delimeter in ln]
+                end = [n for n, ln in enumerate(lines) if hide.end_test_delimeter in ln]
+                hidden = "\n".join(lines[start[0] + 1:end[0]]) if start and end else ""
+                graded_by = {"grade_id": nxt_meta["grade_id"], "points": nxt_meta.get("points", 0), "cell": j,
+                             "hidden": hidden}
+        exercises.append({"grade_id": meta["grade_id"], "cell": i, "graded_by": graded_by})
+    return exercises, predictions
+
+
+def grading_problems(nb, rel):
+    """What keeps ``nb`` (a solution notebook) from being a gradable chapter, one sentence each.
+
+    Every exercise must be followed (before any other exercise) by a grade cell with points > 0
+    whose hidden tests can fail (they hold an ``assert``); a chapter needs at least
+    MIN_GRADED_EXERCISES graded exercises and at least one ``use_if_correct`` (an exercise whose
+    function the chapter goes on with); every "predict" cell's function is revealed by a
+    ``reveal_prediction`` call after it.
+    """
+    exercises, _ = graded_exercises(nb)
+    problems, graded = [], 0
+    for ex in exercises:
+        g = ex["graded_by"]
+        where = f"{rel}: exercise {ex['grade_id']!r} (cell {ex['cell']})"
+        if g is None:
+            problems.append(f"{where} is not followed by a grade cell; add one right after it "
+                            f"(grade: true, points > 0, hidden tests), as in solutions/01_vae.py.")
+        elif not g["points"] or g["points"] <= 0:
+            problems.append(f"{where}: its grade cell {g['grade_id']!r} carries no points; give it points > 0.")
+        elif "assert" not in g["hidden"]:
+            problems.append(f"{where}: its grade cell {g['grade_id']!r} has no hidden test that can fail, so "
+                            "nbgrader would give full marks for any answer; add assert_matches(...) between "
+                            "the hidden-test markers.")
+        else:
+            graded += 1
+    if graded < MIN_GRADED_EXERCISES:
+        problems.append(f"{rel}: {graded} graded exercise{'s' * (graded != 1)}; every chapter needs at least "
+                        f"{MIN_GRADED_EXERCISES}.")
+    code = [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    if not any("use_if_correct(" in source for _, source in code):
+        problems.append(f"{rel}: no use_if_correct(...): at least one exercise's function must be the one the "
+                        "chapter then trains or evaluates its model with.")
+    for i, cell in enumerate(nb.cells):
+        grade_id = nbgrader_meta(cell).get("grade_id", "")
+        if not grade_id.startswith("predict") or not nbgrader_meta(cell).get("solution"):
+            continue
+        names = re.findall(r"^def (\w+)\(", cell.source, flags=re.M)
+        revealed = any("reveal_prediction(" in source and any(re.search(rf"\b{n}\b", source) for n in names)
+                       for j, source in code if j > i)
+        if not names or not revealed:
+            problems.append(f"{rel}: prediction {grade_id!r} (cell {i}) defines no function that a later "
+                            "reveal_prediction(...) call shows beside the measurement.")
+    return problems
+
+
 def assign_ids(nb, old):
     """Give ``nb`` the cell ids of ``old`` for matching cells, and index-derived ids otherwise.
 
@@ -144,8 +232,23 @@ def write_if_changed(path, text, root, changed):
     print(f"wrote {changed[-1]}")
 
 
-def sync(root):
-    """Regenerate worksheets and pairs from solutions/*.py. Return the paths that changed."""
+def read_solution(src, root, config):
+    rel = src.relative_to(root).as_posix()
+    return jupytext.reads(src.read_text(encoding="utf-8"), fmt=FMT, config=config), rel
+
+
+def all_grading_problems(root):
+    """grading_problems of every solutions/*.py."""
+    config = load_config(root)
+    problems = []
+    for src in sorted((root / "solutions").glob("*.py")):
+        problems += grading_problems(*read_solution(src, root, config))
+    return problems
+
+
+def sync(root, warn=True):
+    """Regenerate worksheets and pairs from solutions/*.py. Return the paths that changed.
+    With ``warn``, print what keeps a chapter from being gradable (``check`` fails on it)."""
     config = load_config(root)
     changed = []
     sources = sorted((root / "solutions").glob("*.py"))
@@ -155,12 +258,13 @@ def sync(root):
                 f"solutions/{ipynb.name} has no solutions/{ipynb.stem}.py to be built from: create it "
                 f"with `jupytext --to py:percent solutions/{ipynb.name}`, or delete the notebook."
             )
+    problems = []
     for src in sources:
-        rel = src.relative_to(root).as_posix()
-        solution = jupytext.reads(src.read_text(encoding="utf-8"), fmt=FMT, config=config)
+        solution, rel = read_solution(src, root, config)
         if "kernelspec" not in solution.metadata:  # without it nbval and Jupyter guess a kernel
             raise PipelineError(f"{rel} has no kernelspec header; copy the `# ---` block of another chapter.")
         worksheet = make_worksheet(solution, rel)
+        problems += grading_problems(solution, rel)
         worksheet_text = jupytext.writes(worksheet, fmt=FMT, config=config)
         chapter = root / "chapters" / src.name
         write_if_changed(chapter, worksheet_text, root, changed)
@@ -177,6 +281,9 @@ def sync(root):
             path.unlink()
             changed.append(path.relative_to(root).as_posix())
             print(f"removed {changed[-1]} (no solutions/{path.stem}.py)")
+    if warn:
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
     return changed
 
 
@@ -188,19 +295,21 @@ def git(root, *args):
 
 
 def check(root):
-    """Sync, then demand a clean tree: the pairs and worksheets committed are those sync builds."""
-    sync(root)
+    """Sync, then demand a clean tree (the pairs and worksheets committed are those sync builds) and
+    gradable chapters (see grading_problems)."""
+    sync(root, warn=False)
+    problems = all_grading_problems(root)
     paths = ("solutions", "chapters")
     # `diff` lists changed tracked files; `status` adds the new untracked ones that diff misses.
     dirty = set(git(root, "diff", "--exit-code", "--name-only", "--", *paths).split())
     status = git(root, "status", "--porcelain", "--untracked-files=all", "--", *paths)
     dirty |= {line[3:].strip('"') for line in status.splitlines()}
     if dirty:
-        raise PipelineError(
-            f"Notebooks are out of sync with solutions/*.py: {', '.join(sorted(dirty))}. "
-            "Run `make sync` and commit the result."
-        )
-    print("Notebooks are in sync with solutions/*.py.")
+        problems.append(f"Notebooks are out of sync with solutions/*.py: {', '.join(sorted(dirty))}. "
+                        "Run `make sync` and commit the result.")
+    if problems:
+        raise PipelineError("\n".join(problems))
+    print("Notebooks are in sync with solutions/*.py, and every chapter is gradable.")
 
 
 def execute(root, files):

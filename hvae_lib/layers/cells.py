@@ -15,6 +15,8 @@ Cell layouts (NVlabs/NVAE ``res_mbconv`` architecture):
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -108,7 +110,12 @@ class GenerativeCell(nn.Module):
 
     ``upsample=True`` makes it an up cell: nearest 2x upsampling first, C -> C/2, and a
     bilinear-upsample + Conv1x1 skip. The hidden width is ``expansion * C_in``.
+
+    The forward pass is ``function(x, self.layers())``, :func:`generative_cell` unless a cell's
+    ``function`` is set (Chapter 3 trains NVAE with the student's; see :func:`use_generative_cell`).
     """
+
+    function = None  # None: the library's generative_cell
 
     def __init__(self, channels: int, upsample: bool = False, expansion: int = 6, kernel_size: int = 5,
                  use_se: bool = True):
@@ -129,8 +136,39 @@ class GenerativeCell(nn.Module):
         self.branch = nn.Sequential(*layers)
         self.out_channels = c_out
 
+    def layers(self) -> SimpleNamespace:
+        """The cell's layers by role: upsample, bn_in, expand, bn_expand, depthwise, bn_depthwise,
+        project, bn_out, se, skip (upsample and se are identities when the cell has none)."""
+        bns = [m for m in self.branch if isinstance(m, nn.BatchNorm2d)]
+        convs = [m for m in self.branch if isinstance(m, nn.Conv2d)]
+        upsample = self.branch[0] if isinstance(self.branch[0], nn.Upsample) else _IDENTITY
+        se = self.branch[-1] if isinstance(self.branch[-1], SqueezeExcite) else _IDENTITY
+        return SimpleNamespace(upsample=upsample, bn_in=bns[0], expand=convs[0], bn_expand=bns[1], depthwise=convs[1],
+                               bn_depthwise=bns[2], project=convs[2], bn_out=bns[3], se=se, skip=self.skip)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.skip(x) + 0.1 * self.branch(x)
+        return (self.function or generative_cell)(x, self.layers())
+
+
+_IDENTITY = nn.Identity()
+
+
+def generative_cell(x: torch.Tensor, layers: SimpleNamespace) -> torch.Tensor:
+    """NVAE's generative cell from its layers (:meth:`GenerativeCell.layers`), Chapter 3:
+    skip(x) + 0.1 * SE(BN(Conv1x1(swish(BN(dwConv(swish(BN(Conv1x1(BN(up(x))))))))))). x: (B, C, H, W)."""
+    h = layers.expand(layers.bn_in(layers.upsample(x)))  # (B, EC, H', W')
+    h = layers.depthwise(F.silu(layers.bn_expand(h)))  # (B, EC, H', W')
+    h = layers.bn_out(layers.project(F.silu(layers.bn_depthwise(h))))  # (B, C_out, H', W')
+    return layers.skip(x) + 0.1 * layers.se(h)
+
+
+def use_generative_cell(module: nn.Module, function=None) -> int:
+    """Make every GenerativeCell under ``module`` compute ``function(x, cell.layers())`` (None: the
+    library's :func:`generative_cell` again). Returns how many cells it set (Chapter 3's exercise)."""
+    cells = [m for m in module.modules() if isinstance(m, GenerativeCell)]
+    for cell in cells:
+        cell.function = function
+    return len(cells)
 
 
 def preprocess_cells(channels: int, num_blocks: int, cells_per_block: int, use_se: bool = True):

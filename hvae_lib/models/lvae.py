@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, model_family
+from ..config import ModelConfig, key, model_family
 from ..distributions import DiagonalGaussian, sum_except_batch
 from ..likelihoods import LikelihoodHead
 from .base import LatentVariableModel, ModelOutput
@@ -47,8 +47,7 @@ def precision_weighted_merge(bottom_up: DiagonalGaussian, top_down: DiagonalGaus
 
 class ResBlock(nn.Module):
     """x + Conv3x3(SiLU(Conv3x3(SiLU(x)))), the residual block of both passes (Chapter 2); the second
-    conv is scaled by ``scale`` at initialisation (VDVAE's 1/sqrt(N) for N blocks keeps the
-    state's variance bounded in deep stacks)."""
+    conv's weights are multiplied by ``scale`` at initialisation (1/sqrt(N) in the Ladder VAE)."""
 
     def __init__(self, channels: int, scale: float = 1.0):
         super().__init__()
@@ -72,9 +71,24 @@ class LadderVAE(LatentVariableModel):
     No normalisation layers (as VDVAE): BatchNorm would make a sample depend on batch statistics
     (NVAE has to re-estimate them before sampling), would update its running statistics twice
     under gradient checkpointing, and would couple the images of a batch, which the per-image KL
-    and importance-weighted bounds assume independent. Zero-initialised priors and 1/sqrt(N)-scaled
-    residual branches keep the untrained network tame instead.
+    and importance-weighted bounds assume independent. Three initialisations keep the untrained
+    network tame instead (Chapter 2, "How the Ladder VAE starts"):
+
+    - every residual branch's last conv is scaled by 1/sqrt(N), N = 2 * L * blocks_per_group, the
+      blocks of both passes. VDVAE scales each pass by its own block count (and its z projection
+      too), a factor sqrt(2) larger here; either keeps the residual stream's variance bounded as
+      blocks are added, where unscaled branches make it grow with depth;
+    - every prior head is zero, so p(z_l | z_<l) starts as N(0, I) whatever the state, like the top
+      prior (VDVAE zero-initialises its prior's last conv the same way);
+    - the posterior heads start small (weights times 0.1, zero bias; lower bottom-up estimates of
+      the precision merge start at sigma = e^2, which the merge all but ignores), so q starts near p
+      and every group's KL starts near zero.
+
+    ``merge_fn`` is the function the precision merge calls, ``precision_weighted_merge`` unless
+    replaced (Chapter 2 trains with the student's own); it is not part of the saved state.
     """
+
+    merge_fn = staticmethod(precision_weighted_merge)
 
     def __init__(self, image_shape=(1, 28, 28), bits: int = 8, likelihood: str = "logistic_mixture", *,
                  groups_per_scale: tuple[int, ...] = (2, 2, 2), z_channels: int = 4, channels: int = 20,
@@ -173,7 +187,7 @@ class LadderVAE(LatentVariableModel):
                 if l == 0:
                     q = self.estimate(0, features[0])
                 elif self.merge == "precision":
-                    q = precision_weighted_merge(self.estimate(l, features[l]), p)
+                    q = self.merge_fn(self.estimate(l, features[l]), p)
                 else:
                     q = DiagonalGaussian.from_params(self.merges[l - 1](torch.cat([s, features[l]], dim=1)))
                 z = q.rsample() if fixed is None else fixed.float()
@@ -237,13 +251,13 @@ class LVAEConfig(ModelConfig):
     """Hyperparameters of :class:`LadderVAE` (the model key ``model.*`` of a preset)."""
 
     family: str = "lvae"
-    groups_per_scale: tuple[int, ...] = (2, 2, 2)  # top (lowest resolution) scale first
-    z_channels: int = 4
-    channels: int = 20
-    blocks_per_group: int = 1  # residual blocks per group, in each of the two passes
-    initial_downsamples: int = 2
-    merge: str = "precision"  # precision | learned
-    num_mix: int = 5
+    groups_per_scale: tuple[int, ...] = key((2, 2, 2), at_least=1)  # top (lowest resolution) scale first
+    z_channels: int = key(4, at_least=1)
+    channels: int = key(20, at_least=1)
+    blocks_per_group: int = key(1, at_least=1)  # residual blocks per group, in each of the two passes
+    initial_downsamples: int = key(2, at_least=0)
+    merge: str = key("precision", one_of=MERGES)
+    num_mix: int = key(5, at_least=1)
 
     def build(self, image_shape, bits, likelihood):
         return LadderVAE(image_shape, bits, likelihood, groups_per_scale=self.groups_per_scale,

@@ -11,9 +11,11 @@ Layout, as in NVlabs/NVAE (``model.AutoEncoder``):
   cell between scales; post-processing cells; ELU-Conv3x3 to the likelihood's parameters.
 
 Images whose side the total downsampling factor 2^(num_preprocess_blocks + num_latent_scales - 1)
-does not divide (28x28 with factor 8, as in the official MNIST model) are reflection-padded to the
-next multiple (32x32), and the likelihood is cropped back, so log p(x|z) covers exactly the real
-pixels.
+does not divide (28x28 with factor 8, as in the official MNIST model) are padded to the next
+multiple (32x32) and the likelihood is cropped back, so log p(x|z) covers exactly the real pixels,
+as the official ``reconstruction_loss(..., crop=True)`` does. Binary images are padded with
+background (0), which is what the official MNIST pipeline's ``Pad(2)`` feeds the network; others
+by reflection.
 """
 from __future__ import annotations
 
@@ -25,12 +27,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ModelConfig, model_family
+from ..config import ModelConfig, key, model_family
 from ..distributions import sum_except_batch
 from ..kl_control import kl_warmup_beta
 from ..layers import (EncoderCell, SpectralRegularizer, WNConv2d, batchnorm_layers, bn_regularizer,
                       frozen_running_stats, postprocess_cells, preprocess_cells)
-from ..residual_normal import NVAENormal
+from ..residual_normal import NVAENormal, residual_kl
 from .base import LatentVariableModel, ModelOutput
 from .nvae_parts import OutputHead, TopDownGroup, groups_per_scale, pad_to_canvas
 
@@ -59,7 +61,7 @@ class NVAE(LatentVariableModel):
                  num_preprocess_blocks: int = 1, num_preprocess_cells: int = 2, num_postprocess_blocks: int = 1,
                  num_postprocess_cells: int = 2, num_mix: int = 10, num_flows: int = 0, flow_context: bool = False,
                  use_se: bool = True, weight_decay_norm: float = 1e-2, weight_decay_norm_init: float = 10.0,
-                 weight_decay_norm_anneal_steps: int = 0):
+                 weight_decay_norm_anneal_steps: int = 0, residual_normal: bool = True):
         super().__init__(image_shape, bits)
         c, h, w = self.image_shape
         if num_preprocess_blocks != num_postprocess_blocks or num_preprocess_cells < 1 or num_postprocess_cells < 1:
@@ -76,6 +78,10 @@ class NVAE(LatentVariableModel):
         self.num_groups, self.num_flows = sum(self.groups_per_scale), num_flows
         self.weight_decay_norm, self.weight_decay_norm_init = weight_decay_norm, weight_decay_norm_init
         self.weight_decay_norm_anneal_steps = weight_decay_norm_anneal_steps
+        # residual_normal=False is Chapter 4's ablation: q = N(mu, sigma^2) from the encoder alone.
+        self.residual_normal = residual_normal
+        # The elementwise KL(q || p) as a function of (dmu, dsigma, sigma_p); Chapter 4 swaps in the student's.
+        self.kl_function = residual_kl
         z_ch, pre, scales = num_latent_per_group, num_preprocess_blocks, num_latent_scales
 
         # Bottom-up: stem, pre-processing, then per scale and group the encoder cells.
@@ -134,7 +140,8 @@ class NVAE(LatentVariableModel):
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Bottom-up pass: the encoder feature every group's posterior reads, top group first."""
         self.check_input(x)
-        x = pad_to_canvas(2 * x - 1, self.canvas).contiguous(memory_format=torch.channels_last)  # in [-1, 1]
+        background = -1.0 if self.bits == 1 else None  # binary images: pixel value 0, i.e. -1 in [-1, 1]
+        x = pad_to_canvas(2 * x - 1, self.canvas, background).contiguous(memory_format=torch.channels_last)  # in [-1, 1]
         h = self.stem(x)  # (B, C_enc, H', W')
         for cell in self.preprocess:
             h = self.checkpointed(cell, h)
@@ -172,11 +179,12 @@ class NVAE(LatentVariableModel):
             if idx < num_posterior:
                 feature = group.encoder_feature(features[idx], s)
                 delta = group.posterior(feature)
-                q = NVAENormal.from_params(delta) if group.is_top else NVAENormal.residual(prior_params, delta)
+                residual = self.residual_normal and not group.is_top
+                q = NVAENormal.residual(prior_params, delta) if residual else NVAENormal.from_params(delta)
                 z0 = q.rsample()  # (B, Z, h, w)
                 z, log_det = group.apply_flows(z0, feature)
                 log_q_minus_log_p = sum_except_batch(q.log_prob(z0)) - log_det - sum_except_batch(p.log_prob(z))
-                kl.append(log_q_minus_log_p if len(group.flows) else sum_except_batch(q.kl(p)))
+                kl.append(log_q_minus_log_p if len(group.flows) else sum_except_batch(q.kl(p, self.kl_function)))
                 log_ratio = log_ratio + log_q_minus_log_p
                 means.append(q.mu)
             else:
@@ -197,16 +205,22 @@ class NVAE(LatentVariableModel):
         return ModelOutput(px.log_prob(x), torch.stack(kl, dim=1), log_ratio, px, extras)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
-        """n images in [0, 1]; temperature t scales every prior sigma (the top N(0, I) too) and the
-        likelihood's spread (logistic scales x t, Bernoulli logits / t)."""
+    def sample(self, n: int, temperature: float = 1.0, likelihood_temperature: float = 1.0) -> torch.Tensor:
+        """n images in [0, 1]; ``temperature`` t scales every prior sigma (the top N(0, I) too).
+
+        ``likelihood_temperature`` scales the likelihood's spread (logistic scales x t, Bernoulli
+        logits / t); 1 by default, as the official evaluation draws the pixels from p(x|z) at t = 1
+        whatever the prior's temperature.
+        """
         s, _, _, _ = self.top_down(n, None, 0, temperature)
-        return self.head(s, temperature).sample(temperature)
+        return self.head(s, likelihood_temperature).sample(likelihood_temperature)
 
     @torch.no_grad()
-    def sample_conditional(self, x: torch.Tensor, num_fixed_groups: int, temperature: float = 1.0) -> torch.Tensor:
+    def sample_conditional(self, x: torch.Tensor, num_fixed_groups: int, temperature: float = 1.0,
+                           likelihood_temperature: float = 1.0) -> torch.Tensor:
         """Images with the top ``num_fixed_groups`` groups drawn from q(z|x), the rest from the prior
-        at ``temperature`` (0: plain samples; all groups: a reconstruction)."""
+        at ``temperature`` (0: plain samples; all groups: a reconstruction); the likelihood at
+        ``likelihood_temperature`` as in :meth:`sample`."""
         if not 0 <= num_fixed_groups <= self.num_groups:
             raise ValueError(f"num_fixed_groups must be between 0 and {self.num_groups} (this NVAE's latent groups), "
                              f"got {num_fixed_groups}.")
@@ -214,7 +228,7 @@ class NVAE(LatentVariableModel):
         if features is None:
             self.check_input(x)
         s, _, _, _ = self.top_down(x.shape[0], features, num_fixed_groups, temperature)
-        return self.head(s, temperature).sample(temperature)
+        return self.head(s, likelihood_temperature).sample(likelihood_temperature)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,26 +260,27 @@ class NVAEConfig(ModelConfig):
     is ``--num_nf``, ``num_mix`` is ``--num_mixture_dec``)."""
 
     family: str = "nvae"
-    num_latent_scales: int = 2
-    num_groups_per_scale: int = 2
+    num_latent_scales: int = key(2, at_least=1)
+    num_groups_per_scale: int = key(2, at_least=1)
     ada_groups: bool = False
-    min_groups_per_scale: int = 1
-    num_latent_per_group: int = 8
-    num_channels_enc: int = 16
-    num_channels_dec: int = 16
-    num_cell_per_cond_enc: int = 1
-    num_cell_per_cond_dec: int = 1
-    num_preprocess_blocks: int = 1
-    num_preprocess_cells: int = 2
-    num_postprocess_blocks: int = 1
-    num_postprocess_cells: int = 2
-    num_mix: int = 10
-    num_flows: int = 0
+    min_groups_per_scale: int = key(1, at_least=1)
+    num_latent_per_group: int = key(8, at_least=1)
+    num_channels_enc: int = key(16, at_least=1)
+    num_channels_dec: int = key(16, at_least=1)
+    num_cell_per_cond_enc: int = key(1, at_least=1)
+    num_cell_per_cond_dec: int = key(1, at_least=1)
+    num_preprocess_blocks: int = key(1, at_least=0)
+    num_preprocess_cells: int = key(2, at_least=1)
+    num_postprocess_blocks: int = key(1, at_least=0)  # equal to num_preprocess_blocks (the model checks)
+    num_postprocess_cells: int = key(2, at_least=1)
+    num_mix: int = key(10, at_least=1)
+    num_flows: int = key(0, at_least=0)
     flow_context: bool = False  # the official flow cells ignore the encoder feature they are given
     use_se: bool = True
-    weight_decay_norm: float = 1e-2  # lambda of the spectral + BN regularisers
-    weight_decay_norm_init: float = 10.0  # lambda at the start when annealed
-    weight_decay_norm_anneal_steps: int = 0  # 0: constant lambda; else anneal with a KL warm-up of this length
+    weight_decay_norm: float = key(1e-2, at_least=0)  # lambda of the spectral + BN regularisers
+    weight_decay_norm_init: float = key(10.0, at_least=0)  # lambda at the start when annealed
+    weight_decay_norm_anneal_steps: int = key(0, at_least=0)  # 0: constant lambda; else anneal with a KL warm-up of this length
+    residual_normal: bool = True  # False: q from the encoder alone, not relative to the prior (Chapter 4's ablation)
 
     def build(self, image_shape, bits, likelihood):
         kwargs = {k: v for k, v in asdict(self).items() if k != "family"}

@@ -105,12 +105,14 @@ class OutputHead(nn.Module):
         return DiscretizedLogisticMixture(params, self.image_channels, self.bits)
 
 
-def pad_to_canvas(x: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
-    """Reflection-pad images (B, C, H, W) centrally to the canvas size (28x28 -> 32x32 for NVAE);
-    zeros where the padding is too wide to reflect."""
+def pad_to_canvas(x: torch.Tensor, canvas: tuple[int, int], value: float | None = None) -> torch.Tensor:
+    """Pad images (B, C, H, W) centrally to the canvas size (28x28 -> 32x32 for NVAE): with the
+    constant ``value``, or by reflection when it is None (zeros where the padding is too wide to reflect)."""
     dh, dw = canvas[0] - x.shape[2], canvas[1] - x.shape[3]
     if dh == 0 and dw == 0:
         return x
     pads = (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)
+    if value is not None:
+        return F.pad(x, pads, mode="constant", value=value)
     reflectable = max(pads[:2]) < x.shape[3] and max(pads[2:]) < x.shape[2]
     return F.pad(x, pads, mode="reflect" if reflectable else "constant")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import ModelConfig, model_family
+from ..config import ModelConfig, key, model_family
 from ..distributions import DiagonalGaussian, sum_except_batch
 from ..likelihoods import LikelihoodHead
 from .base import LatentVariableModel, ModelOutput
@@ -114,10 +114,10 @@ class VAEConfig(ModelConfig):
     """Hyperparameters of :class:`ConvVAE` (the model key ``model.*`` of a preset)."""
 
     family: str = "vae"
-    latent_dim: int = 16
-    channels: int = 16
-    num_downsamples: int = 2
-    num_mix: int = 5
+    latent_dim: int = key(16, at_least=1)
+    channels: int = key(16, at_least=1)
+    num_downsamples: int = key(2, at_least=0)
+    num_mix: int = key(5, at_least=1)
 
     def build(self, image_shape, bits, likelihood):
         return ConvVAE(image_shape, bits, self.latent_dim, self.channels, self.num_downsamples, likelihood, self.num_mix)

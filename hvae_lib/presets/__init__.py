@@ -7,3 +7,4 @@ child names its parent and the keys it changes (see :func:`hvae_lib.config.prese
 from . import vae  # noqa: F401
 from . import lvae  # noqa: F401
 from . import nvae  # noqa: F401
+from . import vdvae  # noqa: F401

@@ -24,7 +24,7 @@ preset("lvae_tiny", "Ladder VAE on 16x16 procedural shapes, 30 steps: a seconds-
        sample_every=0, num_samples=16, channels=8, z_channels=2, groups_per_scale=(1, 1, 2), initial_downsamples=1)
 
 
-@preset("lvae_mnist", "Conv Ladder VAE on binarised MNIST (32x32, Bernoulli) sized as addtt/ladder-vae-pytorch's "
+@preset("lvae_mnist", "Conv Ladder VAE on binarised MNIST (28x28 in a 32x32 canvas, Bernoulli) sized as addtt/ladder-vae-pytorch's "
         "12-layer model (their test NLL: 78.3 nats, 1000 IW samples): 12 groups of 32 channels, 4 each at "
         "2x2/4x4/8x8, 64 hidden channels, 4 residual blocks per group each way, learned merge; 8.5M parameters; "
         "needs the MNIST download")

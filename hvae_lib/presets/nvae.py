@@ -82,7 +82,7 @@ def nvae_cifar10() -> Config:
                          num_channels_enc=128, num_channels_dec=128, num_cell_per_cond_enc=2, num_cell_per_cond_dec=2,
                          num_preprocess_blocks=1, num_preprocess_cells=2, num_postprocess_blocks=1,
                          num_postprocess_cells=2, num_mix=10, num_flows=1, weight_decay_norm=1e-2),
-        data=DataConfig(name="cifar10"),
+        data=DataConfig(name="cifar10", horizontal_flip=True),  # the official RandomHorizontalFlip
         optim=_nvae_optim(batch_size=256, max_steps=400 * steps_per_epoch, warmup_steps=5 * steps_per_epoch,
                           grad_clip=0.0),
         run=RunConfig(precision="bf16", log_every=100, eval_every=20 * steps_per_epoch, eval_batches=0,

@@ -20,7 +20,7 @@ preset("vae_tiny", "ConvVAE on 16x16 procedural shapes, 30 steps: a seconds-long
        max_steps=30, warmup_steps=5, log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10,
        sample_every=0, num_samples=16, channels=8, latent_dim=4)
 
-preset("vae_mnist", "ConvVAE on dynamically binarised MNIST (32x32, Bernoulli likelihood); needs the MNIST download",
+preset("vae_mnist", "ConvVAE on dynamically binarised MNIST (28x28, Bernoulli likelihood); needs the MNIST download",
        parent="vae_fashion", name="mnist")
 
 preset("vae_cifar10", "ConvVAE on CIFAR-10 (discretised logistic mixture over RGB); needs the CIFAR-10 download",

@@ -1,0 +1,100 @@
+"""Does NVAE train worse without the residual normal and spectral regularisation, at CPU scale? (Chapter 4)
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nvae_remedies.py [--only N ...] [--out benchmarks/nvae_remedies.json]
+
+For each setting below (changes to ``nvae_fashion``: a higher learning rate, a deeper hierarchy,
+shorter warm-ups, wider groups, smaller batches), trains two runs from the same seed and batches:
+"none" (``residual_normal=False``, ``weight_decay_norm=0``: neither remedy; the BN regulariser,
+which shares lambda, goes too) and "recipe" (the preset's: both on). The KL warm-up is 30% of the
+run unless the setting says otherwise. Records, per run: the mean training bits/dim over the last
+20 steps, the largest training bits/dim after step 50, the largest gradient norm and batch KL (nats
+per image), the final KL per group, and the test negative ELBO on 10 test batches. Rows print as a
+markdown table, and all of it goes to a JSON file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hvae_lib.config import get_preset, override  # noqa: E402
+from hvae_lib.engine import Trainer, TrainingError  # noqa: E402
+
+# (steps, changes to nvae_fashion); the order in which they were tried.
+SETTINGS = [
+    (150, {"lr": 0.03}),
+    (150, {"lr": 0.1}),
+    (150, {"lr": 0.3}),
+    (150, {"lr": 0.03, "warmup_steps": 5, "kl_warmup_steps": 0}),
+    (150, {"lr": 0.02, "num_groups_per_scale": 6}),
+    (150, {"lr": 0.1, "num_groups_per_scale": 6, "warmup_steps": 5}),
+    (150, {"lr": 0.1, "num_groups_per_scale": 6, "warmup_steps": 5, "kl_warmup_steps": 0}),
+    (150, {"lr": 0.1, "num_groups_per_scale": 6, "warmup_steps": 5, "kl_warmup_steps": 0, "seed": 1}),
+    (150, {"lr": 0.05, "num_groups_per_scale": 4, "num_latent_per_group": 20}),
+    (150, {"num_latent_scales": 1, "num_groups_per_scale": 20}),
+    (150, {"num_latent_scales": 1, "num_groups_per_scale": 20, "lr": 0.03}),
+    (400, {"batch_size": 16, "lr": 0.03, "warmup_steps": 5}),
+    (150, {"num_latent_scales": 1, "num_groups_per_scale": 20, "lr": 0.1, "warmup_steps": 1, "kl_warmup_steps": 0,
+           "batch_size": 16}),
+    (100, {"num_latent_scales": 1, "num_groups_per_scale": 20, "lr": 0.03, "warmup_steps": 1, "kl_warmup_steps": 0,
+           "batch_size": 16}),
+    (100, {"num_latent_scales": 1, "num_groups_per_scale": 20, "lr": 0.1, "warmup_steps": 20, "kl_warmup_steps": 0,
+           "batch_size": 16}),
+]
+VARIANTS = {"none": {"residual_normal": False, "weight_decay_norm": 0.0}, "recipe": {}}
+
+
+def run(changes: dict, steps: int, out: Path) -> dict:
+    """One short run of nvae_fashion with ``changes``; what it did, step by step and at the end."""
+    config = override(get_preset("nvae_fashion"), {"max_steps": steps, "kl_warmup_steps": int(0.3 * steps),
+                                                   "eval_every": 0, "sample_every": 0, "checkpoint_every": 0,
+                                                   "quiet": True, **changes})
+    trainer = Trainer(config, out, resume=False)
+    bpd, grad, kl, error, start = [], [], [], None, time.perf_counter()
+    try:
+        while trainer.step < steps:
+            record = trainer.train_step()
+            bpd.append(record["bpd"])
+            grad.append(record["grad_norm"])
+            kl.append(record["kl"])
+    except TrainingError as err:  # too many skipped steps in a row
+        error = str(err).split(";")[0]
+    return {"steps_done": trainer.step, "skipped": trainer.total_skips, "error": error,
+            "last20_train_bpd": sum(bpd[-20:]) / max(1, len(bpd[-20:])), "max_train_bpd_after_50": max(bpd[50:] or [0.0]),
+            "max_grad_norm": max(grad), "max_batch_kl": max(kl),
+            "final_kl_per_group": [round(v, 2) for v in record["kl_per_group"].tolist()],
+            "test_bpd": trainer.evaluate(10)["test_bpd"] if error is None else None,
+            "seconds_per_step": (time.perf_counter() - start) / max(1, trainer.step), "load_avg": os.getloadavg()[0]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", type=int, nargs="*", help="indices of SETTINGS to run (default: all)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "nvae_remedies.json")
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "nvae_remedies")
+    args = p.parse_args(argv)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    print("| setting (changes to nvae_fashion) | steps | variant | train bpd, last 20 | max train bpd after 50 "
+          "| max grad norm | max batch KL | test bpd |\n|---|---:|---|---:|---:|---:|---:|---:|")
+    for i, (steps, changes) in enumerate(SETTINGS):
+        if args.only and i not in args.only:
+            continue
+        for variant, extra in VARIANTS.items():
+            r = run({**changes, **extra}, steps, args.runs / f"{i}_{variant}")
+            results[f"{i}/{variant}"] = {"setting": changes, "steps": steps, "variant": variant, **r}
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+            test = f"{r['test_bpd']:.3f}" if r["test_bpd"] is not None else r["error"]
+            print(f"| {', '.join(f'{k}={v}' for k, v in changes.items())} | {steps} | {variant} | "
+                  f"{r['last20_train_bpd']:.3f} | {r['max_train_bpd_after_50']:.2f} | {r['max_grad_norm']:.3g} | "
+                  f"{r['max_batch_kl']:.3g} | {test} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

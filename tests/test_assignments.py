@@ -1,0 +1,176 @@
+"""The course as nbgrader assignments: `make assignments` (tools/assignments.py) and nbgrader itself,
+end to end on Chapter 1 in smoke mode, graded through nbgrader's gradebook API."""
+import copy
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = REPO / "tools"
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+assignments = load_tool("assignments")
+notebooks = load_tool("notebooks")
+
+
+def test_points_table_in_the_instructors_guide_is_current():
+    guide = REPO / "docs" / "instructors.md"
+    text = guide.read_text(encoding="utf-8")
+    table = assignments.points_table(REPO)
+    assert f"{assignments.TABLE_BEGIN}\n{table}{assignments.TABLE_END}" in text, (
+        "docs/instructors.md's points table is stale: run `python tools/assignments.py points --update "
+        "docs/instructors.md` and commit it")
+    for name, _, _ in assignments.chapters(REPO):  # every chapter is an assignment of the table
+        assert f"| `{name}` |" in table
+
+
+def test_points_count_only_exercises_whose_grade_cell_can_fail():
+    nb = nbformat.v4.new_notebook()
+
+    def cell(source, **meta):
+        c = nbformat.v4.new_code_cell(source)
+        if meta:
+            c.metadata["nbgrader"] = {"schema_version": 3, "locked": False, "solution": False, "grade": False,
+                                      "task": False, **meta}
+        return c
+
+    nb.cells = [
+        cell("def a(): pass", grade_id="ex01_a", solution=True),
+        cell("ok = 1\n### BEGIN HIDDEN TESTS\nassert ok\n### END HIDDEN TESTS", grade_id="ex01_a_test", grade=True,
+             points=3),
+        cell("def b(): pass", grade_id="ex02_b", solution=True),
+        cell("print('helper')"),  # plain cells may sit between an exercise and its grade cell
+        cell("ok = 1", grade_id="ex02_b_test", grade=True, points=2),  # no hidden test: cannot fail
+        cell("def p(): return 1", grade_id="predict01_p", solution=True),
+    ]
+    assert assignments.points(nb) == (1, 3, 1)
+
+
+def test_build_writes_a_course_and_keeps_what_is_there(tmp_path, capsys):
+    course = tmp_path / "course"
+    names = assignments.build(REPO, course)
+    stems = sorted(p.stem for p in (REPO / "solutions").glob("*.py"))
+    assert names == stems  # one assignment per chapter, discovered from solutions/*.py
+    for name in names:
+        nb = nbformat.read(course / "source" / name / f"{name}.ipynb", as_version=4)
+        solution = nbformat.read(REPO / "solutions" / f"{name}.ipynb", as_version=4)
+        assert [c.source for c in nb.cells] == [c.source for c in solution.cells]
+    config = course / "nbgrader_config.py"
+    assert "c.Execute.timeout = 1800" in config.read_text()
+
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", course_id=assignments.COURSE_ID) as gradebook:
+        assert sorted(a.name for a in gradebook.assignments) == stems
+        gradebook.add_student("ada")  # state an instructor has: it must survive a rebuild
+    config.write_text(config.read_text() + "c.Execute.timeout = 60\n")
+    capsys.readouterr()
+    assert assignments.build(REPO, course) == stems
+    assert "kept nbgrader_config.py" in capsys.readouterr().out
+    assert config.read_text().endswith("c.Execute.timeout = 60\n")
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", course_id=assignments.COURSE_ID) as gradebook:
+        assert [s.id for s in gradebook.students] == ["ada"]
+        assert sorted(a.name for a in gradebook.assignments) == stems
+
+
+def make(*args, venv=".venv"):
+    return subprocess.run(["make", "--no-print-directory", "-n", "assignments", f"VENV={venv}", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_assignments_never_reinstalls_an_existing_venv(tmp_path):
+    """`make -n` only prints what make would run. With .venv present: the tool and nothing else,
+    even when pyproject.toml is newer than the install stamp; without it: the setup first."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    dry = make(venv=str(venv))
+    assert dry.returncode == 0, dry.stderr
+    assert "tools/assignments.py build" in dry.stdout and "pip" not in dry.stdout
+    fresh = make(venv=str(tmp_path / "missing"))
+    assert fresh.returncode == 0, fresh.stderr
+    assert "pip install" in fresh.stdout and "tools/assignments.py build" in fresh.stdout
+
+
+# ----------------------------------------------------------------------------- nbgrader, end to end
+
+STUDENTS = ("complete", "untouched", "one_wrong")
+BROKEN = "ex03_negative_elbo"  # the exercise whose function trains the chapter's VAE
+
+
+def nbgrader(course, *args):
+    env = dict(os.environ, HVAE_SMOKE="1", OMP_NUM_THREADS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # nbgrader runs `alembic`
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))  # this hvae_lib
+    result = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+def break_exercise(nb, grade_id):
+    """Replace the body of one exercise by a wrong one (the ELBO with its sign flipped)."""
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+    body = re.search(r"### BEGIN SOLUTION\n(.*?)    ### END SOLUTION", cell.source, flags=re.S)
+    cell.source = cell.source.replace(body.group(1), "    return (out.log_px_z - beta * out.kl_per_group.sum(1)).mean()\n")
+    return nb
+
+
+@pytest.mark.slow
+def test_nbgrader_grades_chapter_1_end_to_end(tmp_path):
+    course = tmp_path / "course"
+    assignments.build(REPO, course)
+    nbgrader(course, "generate_assignment", "01_vae", "--force")
+    release = nbformat.read(course / "release/01_vae/01_vae.ipynb", as_version=4)
+    source = nbformat.read(course / "source/01_vae/01_vae.ipynb", as_version=4)
+    released = "\n".join(c.source for c in release.cells)
+    assert "HIDDEN TESTS" not in released and "assert_matches(" not in released and "SOLUTION" not in released
+    assert released.count("raise NotImplementedError()") == sum(
+        bool(c.metadata.get("nbgrader", {}).get("solution")) for c in source.cells)
+    assert all(not c.get("outputs") for c in release.cells if c.cell_type == "code")
+
+    submissions = {"complete": source, "untouched": release, "one_wrong": break_exercise(copy.deepcopy(source), BROKEN)}
+    for student, nb in submissions.items():
+        path = course / "submitted" / student / "01_vae" / "01_vae.ipynb"
+        path.parent.mkdir(parents=True)
+        nbformat.write(nb, path)
+    nbgrader(course, "autograde", "01_vae")
+
+    _, _, chapter = next(c for c in assignments.chapters(REPO) if c[0] == "01_vae")
+    exercises, _ = notebooks.graded_exercises(chapter)
+    cells = {e["grade_id"]: e["graded_by"] for e in exercises}
+    total = sum(g["points"] for g in cells.values())
+    assert len(cells) >= 4 and total > 0
+
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", course_id=assignments.COURSE_ID) as gradebook:
+        scores = {s: gradebook.find_submission("01_vae", s).score for s in STUDENTS}
+        wrong = {e: gradebook.find_grade(g["grade_id"], "01_vae", "01_vae", "one_wrong").score
+                 for e, g in cells.items()}
+        assert gradebook.find_submission("01_vae", "complete").max_score == total
+    assert scores == {"complete": total, "untouched": 0, "one_wrong": total - cells[BROKEN]["points"]}
+    assert wrong == {e: (0 if e == BROKEN else g["points"]) for e, g in cells.items()}
+
+    # The wrong loss failed its visible check, so the chapter trained with the library's and ran on.
+    graded = nbformat.read(course / "autograded/one_wrong/01_vae/01_vae.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in graded.cells if c.cell_type == "code" for o in c.outputs)
+    assert "negative_elbo: your exercise is not finished, so the chapter goes on with hvae_lib's version" in printed
+    assert "iw_bound: using your implementation from here on." in printed
+    errors = [o.ename for c in graded.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert errors == ["AssertionError"]  # only the broken exercise's hidden test
