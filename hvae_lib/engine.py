@@ -36,7 +36,7 @@ from .data import DatasetInfo, load_dataset
 from .kl_control import kl_objective, kl_warmup_beta
 from .models.base import ModelOutput
 from .objectives import elbo, nats_to_bpd
-from .optim import lr_factor, make_optimizer, schedule_change
+from .optim import lr_factor, make_optimizer, schedule_change, should_skip, update_ema
 from .plotting import image_grid
 from .run_log import GlobalBatches, Progress, RunLog, summarise
 from .safe_write import WriteError, run_folder_problem, write_atomic
@@ -81,13 +81,6 @@ def build_model(config: Config, info: DatasetInfo):
 def build_data_and_model(config: Config):
     data = load_data(config)
     return data, build_model(config, data.info)
-
-
-def should_skip(loss: torch.Tensor, grad_norm: torch.Tensor, skip_threshold: float) -> torch.Tensor:
-    """VDVAE's gradient skipping (Chapter 6): skip the update (a bool tensor) when the loss or the
-    gradient norm is not finite, or when ``skip_threshold`` > 0 and the norm exceeds it."""
-    bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
-    return bad | (grad_norm > skip_threshold) if skip_threshold > 0 else bad
 
 
 class Trainer(CleanStop):
@@ -269,7 +262,8 @@ class Trainer(CleanStop):
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.consecutive_skips = 0
-            self._update_ema()
+            if self.ema is not None:
+                update_ema(self.ema, self.model, self.config.optim.ema_rate)
         with warnings.catch_warnings():  # a skipped first update makes torch warn about the call order
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
@@ -290,16 +284,6 @@ class Trainer(CleanStop):
             "grad_norm": grad_norm.item(), "skipped": int(skipped), "kl_weight": beta,
             "seconds": time.perf_counter() - t0, "images": x.shape[0] * self.world,
         }
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        if self.ema is None:
-            return
-        rate = self.config.optim.ema_rate
-        for e, p in zip(self.ema.parameters(), self.model.parameters()):
-            e.lerp_(p, 1 - rate)
-        for e, b in zip(self.ema.buffers(), self.model.buffers()):
-            e.copy_(b)
 
     # ------------------------------------------------------------------ evaluation and samples
     @property

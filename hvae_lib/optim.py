@@ -1,4 +1,5 @@
-"""The optimiser and its learning-rate schedule (the training engine; NVAE's recipe in Chapter 3).
+"""The update rule of the training engine: the optimiser and its learning-rate schedule (NVAE's
+recipe in Chapter 3), VDVAE's gradient skipping and the EMA of the weights (Chapter 6).
 
 The schedule is a factor on ``optim.lr``: a linear warm-up over ``warmup_steps``, then either
 constant or a cosine from 1 down to ``lr_min / lr`` over ``schedule_steps`` (``max_steps`` when 0).
@@ -46,3 +47,19 @@ def schedule_change(old, new, step: int) -> str:
     return (f"Resuming at step {step} with max_steps={new.max_steps} instead of {old.max_steps}: the cosine schedule "
             f"{'stretches' if now > was else 'shrinks'} from {was} to {now} steps, so the learning rate goes from "
             f"{lr_was:.3g} to {lr_now:.3g} (--set schedule_steps={was} keeps the old schedule).")
+
+
+def should_skip(loss: torch.Tensor, grad_norm: torch.Tensor, skip_threshold: float) -> torch.Tensor:
+    """VDVAE's gradient skipping (Chapter 6): skip the update (a bool tensor) when the loss or the
+    gradient norm is not finite, or when ``skip_threshold`` > 0 and the norm exceeds it."""
+    bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
+    return bad | (grad_norm > skip_threshold) if skip_threshold > 0 else bad
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, rate: float) -> None:
+    """ema <- rate * ema + (1 - rate) * model for the parameters; buffers (BN statistics) copied."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - rate)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
