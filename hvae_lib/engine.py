@@ -38,7 +38,7 @@ from .models.base import ModelOutput
 from .objectives import elbo, nats_to_bpd
 from .optim import lr_factor, make_optimizer, schedule_change, should_skip, update_ema
 from .plotting import image_grid
-from .run_log import GlobalBatches, Progress, RunLog, summarise
+from .run_log import GlobalBatches, Progress, RunLog, batch_split_problem, summarise
 from .safe_write import WriteError, run_folder_problem, write_atomic
 from .stopping import CleanStop, StopSignals
 
@@ -101,11 +101,9 @@ class Trainer(CleanStop):
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.is_main = self.rank == 0
         validate(config)
-        if config.optim.batch_size % self.world:
-            b, w = config.optim.batch_size, self.world
-            near = " or ".join(str(n) for n in (b - b % w, b - b % w + w) if n)
-            raise ConfigError(f"Config key optim.batch_size={b} (the global batch) does not split over {w} processes: "
-                              f"use a multiple of {w}, such as {near}.")
+        problem = batch_split_problem(config.optim.batch_size, self.world)
+        if problem:
+            raise ConfigError(problem)
         problem = run_folder_problem(self.out) if self.is_main else ""
         if self.world > 1:  # every rank learns rank 0's verdict, so none goes on alone
             dist.broadcast_object_list(verdict := [problem], src=0)

@@ -22,6 +22,15 @@ from .config import ConfigError
 from .safe_write import WriteError, append_line, trim_event_file, write_atomic
 
 
+def batch_split_problem(batch_size: int, world: int) -> str:
+    """'' when the global batch splits evenly over ``world`` processes, else what to use instead."""
+    if batch_size % world == 0:
+        return ""
+    near = " or ".join(str(n) for n in (batch_size - batch_size % world, batch_size - batch_size % world + world) if n)
+    return (f"Config key optim.batch_size={batch_size} (the global batch) does not split over {world} processes: "
+            f"use a multiple of {world}, such as {near}.")
+
+
 class GlobalBatches:
     """Batch ``step`` of training = a fixed slice of a seeded per-epoch permutation.
 
@@ -37,8 +46,8 @@ class GlobalBatches:
 
     def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  horizontal_flip: bool = False):
-        if batch_size % world:
-            raise ConfigError(f"optim.batch_size={batch_size} must be divisible by the {world} processes.")
+        if problem := batch_split_problem(batch_size, world):
+            raise ConfigError(problem)
         self.dataset, self.batch_size, self.seed, self.rank, self.world = dataset, batch_size, seed, rank, world
         self.horizontal_flip = horizontal_flip
         self.per_epoch = len(dataset) // batch_size
