@@ -34,7 +34,7 @@ from . import checkpoint as ckpt_io
 from .config import Config, ConfigError, describe, from_dict, to_dict, validate
 from .data import DatasetInfo, load_dataset
 from .kl_control import kl_objective, kl_warmup_beta
-from .models.base import ModelOutput
+from .models.base import ModelOutput, seeded_eval
 from .objectives import elbo, nats_to_bpd
 from .optim import lr_factor, make_optimizer, schedule_change, should_skip, update_ema
 from .plotting import image_grid
@@ -294,12 +294,8 @@ class Trainer(CleanStop):
 
         None when a stop signal cut it short (on any rank: the ranks agree through the final sum).
         """
-        model = self.eval_model
-        was_training = model.training
-        model.eval()
         total = torch.zeros(3, device=self.device)  # (sum of -ELBO, images, ranks cut short)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(1234 + self.rank)
+        with seeded_eval(self.eval_model, 1234 + self.rank) as model:
             n = len(self.data.test)
             bs = self.config.optim.batch_size // self.world
             for i, start in enumerate(range(self.rank * bs, n, bs * self.world)):
@@ -314,7 +310,6 @@ class Trainer(CleanStop):
                 total[:2] += torch.stack([-elbo(out, self.info.num_dims).elbo.sum(), torch.tensor(x.shape[0], device=self.device)])
         if self.world > 1:
             dist.all_reduce(total)
-        model.train(was_training)
         if total[2] > 0:
             return None
         nats = (total[0] / total[1]).item()
@@ -325,13 +320,8 @@ class Trainer(CleanStop):
         if not self.is_main:
             return
         r = self.config.run
-        model = self.eval_model
-        was_training = model.training
-        model.eval()
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(r.seed)
+        with seeded_eval(self.eval_model, r.seed) as model:
             images = model.sample(r.num_samples, temperature=r.sample_temperature)
-        model.train(was_training)
         grid = image_grid(images)  # (3, H', W')
         write_atomic(self.out / "samples.png", lambda f: save_image(grid, f, format="png"))
 

@@ -1,8 +1,9 @@
 """What every model in the course returns and promises, so the engine can train any of them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from abc import ABCMeta, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +25,22 @@ class ModelOutput:
     log_q_minus_log_p: torch.Tensor  # (B,) nats
     likelihood: Any  # the p(x|z) distribution, for reconstructions
     extras: dict | None = None  # model-specific diagnostics (posterior means, ...)
+
+
+@contextmanager
+def seeded_eval(model: nn.Module, seed: int):
+    """``model`` in eval mode with the global RNG forked and seeded by ``seed``; the caller's random
+    stream and the model's train/eval mode are restored after (evaluations and samples mid-training
+    that neither depend on nor disturb the training's randomness)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield model
+    finally:
+        model.train(was_training)
 
 
 class LatentVariableModel(nn.Module, metaclass=ABCMeta):
