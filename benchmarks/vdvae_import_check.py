@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hvae_lib.evaluate import load_model  # noqa: E402
 from hvae_lib.import_vdvae import main as import_main  # noqa: E402
+from official_vdvae import load_official_vdvae  # noqa: E402
 
 SMALL = dict(width=128, enc_blocks="32x3,32d2,16x3,16d2,8x3,8d2,4x2,4d4,1x2",
              dec_blocks="1x1,4m1,4x2,8m4,8x3,16m8,16x3,32m16,32x3")
@@ -181,15 +181,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    src = os.path.abspath(a.src)
-    for f in ("vae.py", "vae_helpers.py", "hps.py"):
-        if not os.path.isfile(os.path.join(src, f)):
-            sys.exit(f"{f} not found in {src}; extract openai/vdvae's vae.py, vae_helpers.py and hps.py there.")
-    sys.path.insert(0, src)
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    import hps
-    import vae
+    hps, vae = load_official_vdvae(a.src)
 
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory(prefix="vdvae_import_") as tmp:

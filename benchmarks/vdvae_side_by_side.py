@@ -30,7 +30,6 @@ import os
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 from bench_data import random_image_trainer  # noqa: E402
+from official_vdvae import load_official_vdvae  # noqa: E402
 from hvae_lib.memory import count_saved_tensors  # noqa: E402
 
 SMALL = dict(width=128, enc_blocks="32x3,32d2,16x3,16d2,8x3,8d2,4x2,4d4,1x2",
@@ -95,15 +95,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    src = os.path.abspath(a.src)
-    for f in ("vae.py", "vae_helpers.py", "hps.py"):
-        if not os.path.isfile(os.path.join(src, f)):
-            sys.exit(f"{f} not found in {src}; extract openai/vdvae's vae.py, vae_helpers.py and hps.py there.")
-    sys.path.insert(0, src)
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    import hps
-    import vae
+    hps, vae = load_official_vdvae(a.src)
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
