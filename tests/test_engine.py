@@ -17,6 +17,7 @@ from hvae_lib.checkpoint import load_checkpoint
 from hvae_lib.config import get_preset, list_presets, override
 from hvae_lib.engine import GlobalBatches, Trainer, TrainingError, build_data_and_model, lr_factor, make_optimizer
 from hvae_lib.objectives import elbo
+from state_compare import state_equal
 
 ROOT = Path(__file__).resolve().parent.parent
 METRIC_KEYS = {"step", "loss", "recon", "kl", "kl_per_group", "grad_norm", "skipped", "lr", "kl_weight", "images_per_s"}
@@ -24,17 +25,6 @@ METRIC_KEYS = {"step", "loss", "recon", "kl", "kl_per_group", "grad_norm", "skip
 
 def tiny(*assignments):
     return override(get_preset("vae_tiny"), ["quiet=true", "eval_every=0", *assignments])
-
-
-def state_equal(a: dict, b: dict) -> bool:
-    """Nested state dicts (model, EMA, optimiser) equal bit for bit."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(state_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(state_equal(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def metrics(path: Path, split="train") -> list[dict]:

@@ -21,6 +21,7 @@ from hvae_lib.layers.spectral import conv_weight
 from hvae_lib.memory import count_saved_tensors
 from hvae_lib.models.nvae import NVAE
 from hvae_lib.objectives import elbo
+from state_compare import state_equal
 
 SMALL = dict(num_latent_scales=2, num_groups_per_scale=2, num_latent_per_group=4, num_channels_enc=8,
              num_channels_dec=8, num_preprocess_cells=1, num_postprocess_cells=1, num_mix=3, num_flows=1)
@@ -171,17 +172,6 @@ def test_saved_for_backward_stays_pinned():
     torch.manual_seed(0)
     _, saved = count_saved_tensors(lambda: training_loss(model, x, lambda: model.regularization(0)), model.parameters())
     assert abs(saved.activation_bytes - PINNED_SAVED_BYTES) <= 0.03 * PINNED_SAVED_BYTES, saved.activation_bytes
-
-
-def state_equal(a, b) -> bool:
-    """Nested state dicts equal bit for bit."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(state_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(state_equal(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def test_a_resumed_nvae_run_ends_bit_for_bit_where_an_uninterrupted_one_does(tmp_path):

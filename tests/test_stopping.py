@@ -16,6 +16,7 @@ from hvae_lib.checkpoint import load_checkpoint
 from hvae_lib.config import get_preset, override
 from hvae_lib.engine import Trainer
 from hvae_lib.stopping import TrainingInterrupted
+from state_compare import state_equal
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = ("ema_rate=0.9", "log_every=3", "sample_every=0", "checkpoint_every=5", "schedule_steps=40")
@@ -23,16 +24,6 @@ COMMON = ("ema_rate=0.9", "log_every=3", "sample_every=0", "checkpoint_every=5",
 
 def tiny(*assignments):
     return override(get_preset("vae_tiny"), ["quiet=true", "eval_every=0", *COMMON, *assignments])
-
-
-def state_equal(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(state_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(state_equal(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def same_run(a: dict, b: dict) -> bool:
