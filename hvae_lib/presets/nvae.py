@@ -42,6 +42,10 @@ def nvae_fashion() -> Config:
 preset("nvae_fashion_1500", "Chapters 3-4's run of nvae_fashion: 1500 steps, KL warm-up over 30% of them (about 6 CPU minutes)",
        parent="nvae_fashion", max_steps=1500, kl_warmup_steps=450)
 
+preset("nvae_fashion_1500_bare", "Chapter 4's ablation: nvae_fashion_1500 without the residual normal and spectral "
+       "regularisation (nor the BN regulariser, which shares its lambda)",
+       parent="nvae_fashion_1500", residual_normal=False, weight_decay_norm=0.0)
+
 preset("nvae_tiny", "NVAE on 16x16 procedural shapes, 30 steps: a seconds-long CPU smoke run",
        parent="nvae_fashion", name="shapes", resolution=16, train_limit=512, test_limit=128, batch_size=32,
        max_steps=30, warmup_steps=5, kl_warmup_steps=10, log_every=5, eval_every=10, eval_batches=2,
