@@ -560,8 +560,8 @@ if not SMOKE:
 # trained, to within 0.16 bits per dimension of each other (about half the time slightly better
 # *without* the remedies), or both diverged. Chapter 3's own run, trained for its full 1500 steps
 # without them (preset `nvae_fashion_1500_bare`), ends 0.008, 0.000 and 0.008 bits/dim worse than
-# with them on seeds 0, 1 and 2 (`benchmarks/seeds_remedies.json`): never ahead, but behind by a quarter
-# of the spread between seeds, and with no instability in sight.
+# with them on seeds 0, 1 and 2 (`benchmarks/seeds_remedies.json`): never ahead, and behind by a quarter
+# of the spread between seeds at most, with no instability in sight.
 #
 # On a GPU, at the width of the paper's MNIST model (32 channels, 15 groups of 20 latent channels,
 # batches of 200, fp16) and three times its learning rate, one run without the remedies did diverge —
