@@ -48,7 +48,6 @@
 
 # %%
 import copy
-import json
 import math
 import re
 import shutil
@@ -68,7 +67,7 @@ from hvae_lib.exercises import assert_matches, check, reveal_prediction, smoke_m
 from hvae_lib.models.vdvae import VDVAE
 from hvae_lib.models.vdvae_arch import parse_decoder, parse_encoder
 from hvae_lib.models.vdvae_parts import Block, TopDownBlock, official_init_
-from hvae_lib.plotting import read_metrics, show_grid
+from hvae_lib.plotting import earlier_run_bpd, plot_where_it_stands, read_metrics, show_grid
 
 SMOKE = smoke_mode()
 torch.manual_seed(0)
@@ -690,24 +689,12 @@ plt.tight_layout()
 # %%
 def chapter_result(run, fallback):
     """(test bits/dim, where it comes from) of an earlier chapter's run, or the figure its chapter states."""
-    path = RUNS / (run + ("_smoke" if SMOKE else "")) / "results.json"
-    if path.exists():
-        return json.loads(path.read_text())["test_bpd"], f"from {path.as_posix()}"
-    return fallback, "the figure stated in its chapter (run not found)"
+    return earlier_run_bpd(RUNS / (run + ("_smoke" if SMOKE else "")), fallback)
 
 
 results = {"Chapter 1: VAE": chapter_result("ch01_vae", 3.713), "Chapter 2: Ladder VAE": chapter_result("ch02_lvae", 3.688),
            "Chapters 3-4: NVAE": chapter_result("ch03_nvae", 3.519), "Chapter 6: VDVAE": (vdvae_bpd, run_dir.as_posix())}
-for name, (bpd, source) in results.items():
-    print(f"{name:22s} {bpd:.3f} bits/dim   ({source})")
-plt.figure(figsize=(7, 2.6))
-names, values = list(results)[::-1], [bpd for bpd, _ in list(results.values())[::-1]]
-plt.barh(names, values)
-for i, value in enumerate(values):
-    plt.text(value, i, f" {value:.3f}", va="center")
-plt.xlabel("test negative ELBO (bits/dim, lower is better)")
-plt.xlim(min(values) - 0.3, max(values) + 0.15)
-plt.tight_layout()
+plot_where_it_stands(results, height=2.6)
 if not SMOKE:
     assert vdvae_bpd < results["Chapters 3-4: NVAE"][0] < results["Chapter 2: Ladder VAE"][0] < results["Chapter 1: VAE"][0]
 

@@ -49,3 +49,29 @@ def plot_kl_per_group(kl_per_group, ax=None, title: str = "KL per latent group")
     ax.set_ylabel("KL (nats / image)")
     ax.set_title(title)
     return ax
+
+
+def earlier_run_bpd(run_dir: str | Path, fallback: float) -> tuple[float, str]:
+    """(test bits/dim, where it comes from) of an earlier chapter's run in ``run_dir``, or
+    ``fallback``, the figure that chapter states, when the run is not there (Chapters 4 and 6)."""
+    path = Path(run_dir) / "results.json"
+    if path.exists():
+        return json.loads(path.read_text())["test_bpd"], f"from {path.as_posix()}"
+    return fallback, "the figure stated in its chapter (run not found)"
+
+
+def plot_where_it_stands(results: dict[str, tuple[float, str]], height: float = 2.4):
+    """Print and draw the test bits/dim of the course's models, ``{name: (bpd, source)}``, as
+    horizontal bars, the first name at the top (Chapters 4 and 6)."""
+    import matplotlib.pyplot as plt
+
+    for name, (bpd, source) in results.items():
+        print(f"{name:22s} {bpd:.3f} bits/dim   ({source})")
+    plt.figure(figsize=(7, height))
+    names, values = list(results)[::-1], [bpd for bpd, _ in list(results.values())[::-1]]
+    plt.barh(names, values)
+    for i, value in enumerate(values):
+        plt.text(value, i, f" {value:.3f}", va="center")
+    plt.xlabel("test negative ELBO (bits/dim, lower is better)")
+    plt.xlim(min(values) - 0.3, max(values) + 0.15)
+    plt.tight_layout()

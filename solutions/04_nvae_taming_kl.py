@@ -69,7 +69,7 @@ from hvae_lib.flows import IAFCell, PairedIAF, autoregressive_mask
 from hvae_lib.kl_control import kl_balance_coeffs, kl_warmup_beta
 from hvae_lib.layers import SpectralRegularizer, batchnorm_layers, bn_regularizer, conv_weight
 from hvae_lib.operator_norm import conv_operator_norm, reshaped_kernel_norm
-from hvae_lib.plotting import show_grid
+from hvae_lib.plotting import earlier_run_bpd, plot_where_it_stands, show_grid
 from hvae_lib.residual_normal import NVAENormal, residual_kl
 
 SMOKE = smoke_mode()
@@ -1020,24 +1020,12 @@ assert changed and all(torch.equal(a, b) for a, b in zip(own_statistics, nvae.bu
 # %%
 def chapter_result(run, fallback):
     """(test bits/dim, where it comes from) of an earlier chapter's run, or the figure its chapter states."""
-    path = RUNS / (run + ("_smoke" if SMOKE else "")) / "results.json"
-    if path.exists():
-        return json.loads(path.read_text())["test_bpd"], f"from {path.as_posix()}"
-    return fallback, "the figure stated in its chapter (run not found)"
+    return earlier_run_bpd(RUNS / (run + ("_smoke" if SMOKE else "")), fallback)
 
 
 results = {"Chapter 1: VAE": chapter_result("ch01_vae", 3.71), "Chapter 2: Ladder VAE": chapter_result("ch02_lvae", 3.68),
            "Chapter 3-4: NVAE": (nvae_bpd, str(ch3_checkpoint.parent))}
-for name, (bpd, source) in results.items():
-    print(f"{name:22s} {bpd:.3f} bits/dim   ({source})")
-plt.figure(figsize=(7, 2.4))
-names, values = list(results)[::-1], [bpd for bpd, _ in list(results.values())[::-1]]
-plt.barh(names, values)
-for i, value in enumerate(values):
-    plt.text(value, i, f" {value:.3f}", va="center")
-plt.xlabel("test negative ELBO (bits/dim, lower is better)")
-plt.xlim(min(values) - 0.3, max(values) + 0.15)
-plt.tight_layout()
+plot_where_it_stands(results, height=2.4)
 if not SMOKE:
     assert nvae_bpd < results["Chapter 1: VAE"][0] and nvae_bpd < results["Chapter 2: Ladder VAE"][0]
 
