@@ -7,9 +7,10 @@ import tempfile
 
 import torch
 
-from hvae_lib import engine
-from hvae_lib.config import get_preset, override
-from hvae_lib.data import Datasets, DatasetInfo, ImageDataset, dataset_info
+from hvae_lib.config import override
+from hvae_lib.data.contract import DatasetInfo, Datasets, ImageDataset, dataset_info
+from hvae_lib.models.presets import get_preset
+from hvae_lib.training import engine
 
 # Every setting names both keys: the paper presets default to bf16, so an empty override is not fp32.
 PRECISION_SETTINGS = {

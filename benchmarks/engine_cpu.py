@@ -25,13 +25,12 @@ import time
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor_cache_"))
 
 import torch  # noqa: E402
-
-from hvae_lib import engine  # noqa: E402
-from hvae_lib.config import get_preset  # noqa: E402
-from hvae_lib.data import dataset_info  # noqa: E402
-from hvae_lib.memory import count_saved_tensors  # noqa: E402
-
 from bench_data import SETTINGS, random_image_trainer  # noqa: E402
+
+from hvae_lib.data.contract import dataset_info  # noqa: E402
+from hvae_lib.memory.saved_tensors import count_saved_tensors  # noqa: E402
+from hvae_lib.models.presets import get_preset  # noqa: E402
+from hvae_lib.training import engine  # noqa: E402
 
 DEFAULT_SETTINGS = ("fp32", "bf16", "fp32 + grad checkpointing")
 

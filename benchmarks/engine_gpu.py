@@ -10,7 +10,7 @@ the GPU's time. Peak memory is ``torch.cuda.max_memory_allocated`` over the time
 Adamax state, gradients and activations; the caching allocator's slack is not counted).
 Prints a markdown table; ``--json benchmarks/gpu_results.json`` also records every row there, with
 the device, torch version, date and command line (replacing an entry of the same preset, batch,
-setting, device and date), for Chapter 5 and ``hvae_lib.memory_plan`` to read. Needs a CUDA device.
+setting, device and date), for Chapter 5 and ``hvae_lib.memory.plan`` to read. Needs a CUDA device.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_data import PRECISION_SETTINGS, SETTINGS, random_image_trainer
 
 
@@ -52,7 +51,7 @@ def measure(preset: str, setting: list[str], batch_size: int, steps: int) -> dic
 ABOUT = ("Training throughput and peak GPU memory of the engine (benchmarks/engine_gpu.py): median step time over "
          "the timed steps, images/s = batch / step time, peak = torch.cuda.max_memory_allocated over the timed steps "
          "(weights, Adamax state, gradients, activations). One entry per (preset, batch, setting, device, date); "
-         "engine_gpu.py --json FILE adds its rows here. Chapter 5 and hvae_lib.memory_plan read this file.")
+         "engine_gpu.py --json FILE adds its rows here. Chapter 5 and hvae_lib.memory.plan read this file.")
 UNITS = {"step_ms": "milliseconds", "images_per_s": "images per second", "peak_gib": "GiB (2^30 bytes)",
          "device_total_gib": "GiB, as torch reports the device (rounded to a whole GiB for entries transcribed "
                              "from RESULTS.md)"}

@@ -25,8 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hvae_lib.config import get_preset, override  # noqa: E402
-from hvae_lib.engine import Trainer, TrainingError  # noqa: E402
+from hvae_lib.config import override  # noqa: E402
+from hvae_lib.models.presets import get_preset
+from hvae_lib.training.engine import Trainer, TrainingError  # noqa: E402
 
 # 16x16 procedural shapes instead of Fashion-MNIST, with one pre- and post-processing block (latents at 8x8 and 4x4).
 SHAPES = {"name": "shapes", "resolution": 16, "num_preprocess_blocks": 1, "num_postprocess_blocks": 1, "batch_size": 32}

@@ -167,11 +167,11 @@ def build_ours(config: str, batch: int, library: str | None):
     """Our preset's model (``library``: a folder holding another hvae_lib), and the engine's loss at beta 1."""
     if library:
         sys.path.insert(0, library)
-    from hvae_lib.config import get_preset
-    from hvae_lib.data import dataset_info
-    from hvae_lib.engine import make_optimizer
-    from hvae_lib.kl_control import kl_objective
-    from hvae_lib.objectives import elbo
+    from hvae_lib.data.contract import dataset_info
+    from hvae_lib.models.presets import get_preset
+    from hvae_lib.probability.kl_control import kl_objective
+    from hvae_lib.probability.objectives import elbo
+    from hvae_lib.training.optim import make_optimizer
     c = get_preset(config)
     info = dataset_info(c.data.name)
     model = c.model.build(info.image_shape, info.bits, info.likelihood)

@@ -6,7 +6,7 @@ Untrained models of each size (timing needs no training): the autoregressive MAD
 pixels (D sequential passes), Proposition 1's D-layer VAE around it (D sequential prior passes),
 and the Chapter 2 Ladder VAE with 4 latent layers at two resolutions (one pass of its decoder).
 Passes are counted with forward hooks; times are medians of ``--repeats`` interleaved calls after
-a warm-up call (``hvae_lib.sampling_cost.sampling_cost_rows``). Prints a markdown table with the
+a warm-up call (``hvae_lib.models.exact.sampling_cost.sampling_cost_rows``). Prints a markdown table with the
 load average, since timings on a shared machine jump.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from hvae_lib.sampling_cost import sampling_cost_rows
+from hvae_lib.models.exact.sampling_cost import sampling_cost_rows
 
 
 def main() -> None:

@@ -25,8 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hvae_lib.config import get_preset, override  # noqa: E402
-from hvae_lib.engine import Trainer  # noqa: E402
+from hvae_lib.config import override  # noqa: E402
+from hvae_lib.models.presets import get_preset
+from hvae_lib.training.engine import Trainer  # noqa: E402
 
 PRESETS = {"vae_fashion": "Chapter 1: VAE", "lvae_fashion_learned": "Chapter 2: Ladder VAE",
            "nvae_fashion_1500": "Chapter 3: NVAE"}

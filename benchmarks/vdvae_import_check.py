@@ -29,9 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hvae_lib.evaluate import load_model  # noqa: E402
-from hvae_lib.import_vdvae import main as import_main  # noqa: E402
 from official_vdvae import load_official_vdvae  # noqa: E402
+
+from hvae_lib.import_vdvae import main as import_main  # noqa: E402
+from hvae_lib.training.checkpoint import load_model  # noqa: E402
 
 SMALL = dict(width=128, enc_blocks="32x3,32d2,16x3,16d2,8x3,8d2,4x2,4d4,1x2",
              dec_blocks="1x1,4m1,4x2,8m4,8x3,16m8,16x3,32m16,32x3")

@@ -19,7 +19,7 @@ The three take turns step by step (official, ours, ours + checkpointing, officia
 of load from other processes hits all of them alike; medians over ``--steps`` steps after 3 warm-up
 steps each (wall time, and the process's CPU time, user + sys, which a loaded machine inflates less
 at one thread; at two, OpenMP's spinning threads count too). Saved bytes: one training forward under ``torch.autograd.graph.saved_tensors_hooks``
-(``hvae_lib.memory.count_saved_tensors``, each storage counted once, parameters included), measured
+(``hvae_lib.memory.saved_tensors.count_saved_tensors``, each storage counted once, parameters included), measured
 after the timing. Prints the load average beside the times; the last stdout line is one JSON object.
 """
 from __future__ import annotations
@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 from bench_data import random_image_trainer  # noqa: E402
 from official_vdvae import load_official_vdvae  # noqa: E402
-from hvae_lib.memory import count_saved_tensors  # noqa: E402
+
+from hvae_lib.memory.saved_tensors import count_saved_tensors  # noqa: E402
 
 SMALL = dict(width=128, enc_blocks="32x3,32d2,16x3,16d2,8x3,8d2,4x2,4d4,1x2",
              dec_blocks="1x1,4m1,4x2,8m4,8x3,16m8,16x3,32m16,32x3")

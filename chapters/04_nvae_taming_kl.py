@@ -57,20 +57,22 @@ import matplotlib.pyplot as plt
 import torch
 from einops import rearrange
 
-from hvae_lib import diagnostics
-from hvae_lib.bn_readjust import cached_temperatures, readjusted_bn, sample_with_readjusted_bn
-from hvae_lib.config import get_preset, override
+from hvae_lib.analysis import diagnostics
+from hvae_lib.analysis.operator_norm import conv_operator_norm, reshaped_kernel_norm
+from hvae_lib.analysis.plotting import earlier_run_bpd, plot_where_it_stands, show_grid
+from hvae_lib.config import override
 from hvae_lib.data import load_dataset
-from hvae_lib.distributions import DiagonalGaussian
-from hvae_lib.engine import Trainer
-from hvae_lib.evaluate import load_model
 from hvae_lib.exercises import assert_matches, check, reveal_prediction, smoke_mode, use_if_correct
-from hvae_lib.flows import IAFCell, PairedIAF, autoregressive_mask
-from hvae_lib.kl_control import kl_balance_coeffs, kl_warmup_beta
-from hvae_lib.layers import SpectralRegularizer, batchnorm_layers, bn_regularizer, conv_weight
-from hvae_lib.operator_norm import conv_operator_norm, reshaped_kernel_norm
-from hvae_lib.plotting import earlier_run_bpd, plot_where_it_stands, show_grid
-from hvae_lib.residual_normal import NVAENormal, residual_kl
+from hvae_lib.layers.bn_readjust import cached_temperatures, readjusted_bn, sample_with_readjusted_bn
+from hvae_lib.layers.norms import batchnorm_layers, bn_regularizer
+from hvae_lib.layers.spectral import SpectralRegularizer, conv_weight
+from hvae_lib.models.presets import get_preset
+from hvae_lib.probability.flows import IAFCell, PairedIAF, autoregressive_mask
+from hvae_lib.probability.gaussian import DiagonalGaussian
+from hvae_lib.probability.kl_control import kl_balance_coeffs, kl_warmup_beta
+from hvae_lib.probability.residual_normal import NVAENormal, residual_kl
+from hvae_lib.training.checkpoint import load_model
+from hvae_lib.training.engine import Trainer
 
 SMOKE = smoke_mode()
 torch.manual_seed(0)
@@ -203,7 +205,7 @@ assert absolute[-1] > 10 * absolute[0]  # the absolute one grows as d^2
 assert abs(residual_kl(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(1e-3))) < 1e-9  # (0, 1) is free, any sigma_p
 
 # %% [markdown]
-# **The library's version** (`hvae_lib.residual_normal.NVAENormal`) follows the official code, where
+# **The library's version** (`hvae_lib.probability.residual_normal.NVAENormal`) follows the official code, where
 # the network outputs are *raw*: a Gaussian's parameters are soft-clamped,
 # $\mu = 5\tanh(\mu_{\text{raw}}/5)$, $\sigma = \exp(5\tanh(\log\sigma_{\text{raw}}/5)) + 0.01$, and the
 # residual posterior adds the encoder's raw corrections to the prior's raw parameters *before*
@@ -920,7 +922,7 @@ assert monte_carlo.std(0).mean() > analytic.std(0).mean()  # but noisier
 #
 # NVAE's fix ("readjust BN"): before sampling at temperature $t$, run the sampler in *train* mode for
 # a few hundred batches so that each BN layer collects statistics of the features it will actually
-# see at $t$, then sample in eval mode. `hvae_lib.bn_readjust.sample_with_readjusted_bn` does this
+# see at $t$, then sample in eval mode. `hvae_lib.layers.bn_readjust.sample_with_readjusted_bn` does this
 # with an exact average over the passes (the official code keeps its momentum of 0.05, so after
 # 500 passes little of the training statistics remain either way) and restores the model's own
 # statistics afterwards. Two rows of samples from the same noise — plain eval-mode BN above,

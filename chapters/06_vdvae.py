@@ -58,16 +58,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hvae_lib import diagnostics
-from hvae_lib.config import get_preset, override
-from hvae_lib.data import dataset_info, load_dataset
-from hvae_lib.engine import Trainer, TrainingError, build_model, should_skip
+from hvae_lib.analysis import diagnostics
+from hvae_lib.analysis.plotting import earlier_run_bpd, plot_where_it_stands, read_metrics, show_grid
+from hvae_lib.config import override
+from hvae_lib.data import load_dataset
+from hvae_lib.data.contract import dataset_info
 from hvae_lib.evaluate import evaluate
 from hvae_lib.exercises import assert_matches, check, reveal_prediction, smoke_mode, use_if_correct
+from hvae_lib.models import build_model
+from hvae_lib.models.presets import get_preset
 from hvae_lib.models.vdvae import VDVAE
 from hvae_lib.models.vdvae_arch import parse_decoder, parse_encoder
 from hvae_lib.models.vdvae_parts import Block, TopDownBlock, official_init_
-from hvae_lib.plotting import earlier_run_bpd, plot_where_it_stands, read_metrics, show_grid
+from hvae_lib.training.engine import Trainer, TrainingError
+from hvae_lib.training.optim import should_skip
 
 SMOKE = smoke_mode()
 torch.manual_seed(0)
@@ -450,7 +454,7 @@ ok_skip = check("skip_update", skip_update, should_skip,
 
 
 # %% [markdown]
-# The library's training engine applies exactly this rule after clipping (`hvae_lib.engine.should_skip`),
+# The library's training engine applies exactly this rule after clipping (`hvae_lib.training.optim.should_skip`),
 # agreed across processes under DDP.
 #
 # Now the chapter's model, `vdvae_fashion`: 13 latent layers (one at 1×1, four at 7×7, seven at 14×14, one at 28×28), width 32, 116,000 parameters like the earlier chapters' models, trained for 1000 steps of 64 images with the official optimiser (AdamW, betas (0.9, 0.9), weight decay 0.01, a constant learning rate after 100 warm-up steps, here 6e-3 for a small model) and CIFAR-10's clipping and skipping thresholds. It is built without the scaling and then

@@ -11,38 +11,10 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import ConfigError, from_dict
-from .data import DatasetInfo, DatasetUnavailableError
-from .objectives import elbo, importance_weighted_bound, nats_to_bpd
-from .ranges import ArgumentParser, Range
-
-# The values each argument accepts (evaluate's and sample's); a value outside is one error line.
-COUNT, POSITIVE_COUNT = Range(at_least=0), Range(at_least=1)
-SEED = Range(at_least=0, at_most=2**32 - 1)
-DEVICE = Range(one_of=("cpu", "cuda"), pattern=r"cuda:\d+", pattern_text="cuda:<index>")
-
-
-def load_model(path, device="cpu", prefer_ema: bool = True):
-    """(model in eval mode, config, data info) from a checkpoint written by the training engine.
-
-    The EMA weights are used when the checkpoint has them. No dataset is needed.
-    """
-    from .engine import build_model
-
-    saved = load_checkpoint(path)
-    missing = {"config", "data_info", "model"} - set(saved)
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(sorted(missing))}; it was not written by this version of the training engine.")
-    config = from_dict(saved["config"])
-    info = DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["data_info"].items()})
-    model = build_model(config, info)
-    weights = saved["ema"] if prefer_ema and saved.get("ema") is not None else saved["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not match the model its config describes ({str(err).splitlines()[0][:150]}).") from None
-    return model.to(device).eval(), config, info
+from hvae_lib.config.ranges import COUNT, DEVICE, POSITIVE_COUNT, SEED, ArgumentParser, ConfigError
+from hvae_lib.data.contract import DatasetUnavailableError
+from hvae_lib.probability.objectives import elbo, importance_weighted_bound, nats_to_bpd
+from hvae_lib.training.checkpoint import CheckpointError, load_model
 
 
 @torch.no_grad()
@@ -77,7 +49,7 @@ def build_parser() -> ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from .engine import load_data, resolve_device
+        from hvae_lib.training.engine import load_data, resolve_device
 
         device = resolve_device(args.device)
         torch.manual_seed(args.seed)

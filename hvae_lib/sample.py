@@ -10,13 +10,11 @@ import torch
 from PIL import Image
 from torchvision.utils import save_image
 
-from .checkpoint import CheckpointError
-from .config import ConfigError
-from .data import DatasetUnavailableError
-from .evaluate import COUNT, DEVICE, POSITIVE_COUNT, SEED
-from .plotting import image_grid
-from .ranges import ArgumentParser, Range
-from .safe_write import WriteError, write_atomic
+from hvae_lib.analysis.plotting import image_grid
+from hvae_lib.config.ranges import COUNT, DEVICE, POSITIVE_COUNT, SEED, ArgumentParser, ConfigError, Range
+from hvae_lib.data.contract import DatasetUnavailableError
+from hvae_lib.training.checkpoint import CheckpointError
+from hvae_lib.training.safe_write import WriteError, write_atomic
 
 
 def image_file(text: str) -> str:
@@ -46,8 +44,8 @@ def build_parser() -> ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .engine import resolve_device
-    from .evaluate import load_model
+    from hvae_lib.training.checkpoint import load_model
+    from hvae_lib.training.engine import resolve_device
 
     try:
         model, _, _ = load_model(args.checkpoint, resolve_device(args.device))
@@ -63,7 +61,7 @@ def main(argv=None) -> int:
         options["likelihood_temperature"] = args.likelihood_temperature
     torch.manual_seed(args.seed)
     if args.readjust_bn > 0:
-        from .bn_readjust import sample_with_readjusted_bn
+        from hvae_lib.layers.bn_readjust import sample_with_readjusted_bn
 
         images = sample_with_readjusted_bn(model, args.n, args.temperature, num_passes=args.readjust_bn, **options)
     else:

@@ -21,12 +21,13 @@ import sys
 import torch
 import torch.distributed as dist
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, describe, get_preset, list_presets, override
-from .data import DatasetUnavailableError
-from .ranges import ArgumentParser
-from .safe_write import WriteError
-from .stopping import StoppedWithRankZero, TrainingInterrupted, signal_name
+from hvae_lib.config import describe, override
+from hvae_lib.config.ranges import ArgumentParser, ConfigError
+from hvae_lib.data.contract import DatasetUnavailableError
+from hvae_lib.models.presets import get_preset, list_presets
+from hvae_lib.training.checkpoint import CheckpointError
+from hvae_lib.training.safe_write import WriteError
+from hvae_lib.training.stopping import StoppedWithRankZero, TrainingInterrupted, signal_name
 
 
 def parse_args(argv=None):
@@ -47,12 +48,13 @@ def activation_bytes(config) -> tuple[float, float, object]:
     ``config``'s model, in its precision and checkpointing, as ``fixed + per_image * batch``.
 
     Measured on this CPU on random images at batches of 2 and 4 (no dataset is read: the model is
-    built for the shape :func:`~hvae_lib.data.dataset_info` gives) and extrapolated linearly.
+    built for the shape :func:`~hvae_lib.data.contract.dataset_info` gives) and extrapolated linearly.
     """
-    from .data import dataset_info
-    from .engine import PRECISIONS, build_model
-    from .memory import count_saved_tensors
-    from .objectives import elbo
+    from hvae_lib.data.contract import dataset_info
+    from hvae_lib.memory.saved_tensors import count_saved_tensors
+    from hvae_lib.models import build_model
+    from hvae_lib.probability.objectives import elbo
+    from hvae_lib.training.engine import PRECISIONS
 
     try:
         info = dataset_info(config.data.name, config.data.resolution)
@@ -76,7 +78,7 @@ def activation_bytes(config) -> tuple[float, float, object]:
 def dry_run(config) -> str:
     """The parameter count, the activation memory of one training step at the config's (global) batch,
     the memory of weights, gradients and optimiser state, and the resolved config; no dataset needed."""
-    from .memory import parameter_bytes
+    from hvae_lib.memory.saved_tensors import parameter_bytes
 
     fixed, per_image, model = activation_bytes(config)
     batch = config.optim.batch_size
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
         for name, description in list_presets():
             print(f"{name}  {description}")
         return 0
-    from .engine import Trainer, TrainingError
+    from hvae_lib.training.engine import Trainer, TrainingError
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = int(os.environ.get("RANK", "0"))

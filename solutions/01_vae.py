@@ -44,17 +44,17 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from hvae_lib.config import get_preset, override
+from hvae_lib.analysis.plotting import read_metrics, show_grid
+from hvae_lib.config import override
 from hvae_lib.data import load_dataset
-from hvae_lib.distributions import DiagonalGaussian, sum_except_batch
-from hvae_lib.engine import Trainer
 from hvae_lib.exercises import assert_matches, check, reveal_prediction, smoke_mode, use_if_correct
-from hvae_lib.kl_control import kl_objective
-from hvae_lib.likelihoods import DiscretizedLogisticMixture
-from hvae_lib.models.base import ModelOutput
-from hvae_lib.objectives import elbo, importance_weighted_bound, nats_to_bpd
-from hvae_lib.plotting import read_metrics, show_grid
-from hvae_lib.toy import LinearGaussianModel
+from hvae_lib.models.exact.linear_gaussian import LinearGaussianModel
+from hvae_lib.models.presets import get_preset
+from hvae_lib.probability.gaussian import DiagonalGaussian, sum_except_batch
+from hvae_lib.probability.kl_control import kl_objective
+from hvae_lib.probability.likelihoods import DiscretizedLogisticMixture
+from hvae_lib.probability.objectives import ModelOutput, elbo, importance_weighted_bound, nats_to_bpd
+from hvae_lib.training.engine import Trainer
 
 SMOKE = smoke_mode()  # HVAE_SMOKE=1: tiny data, few steps (CI)
 torch.manual_seed(0)
@@ -298,7 +298,7 @@ assert abs(total - 1) < 1e-4
 # The model, `hvae_lib.models.vae.ConvVAE`: a convolutional encoder halves the resolution twice
 # (28 → 14 → 7) and outputs $(\mu, \log\sigma)$ of a 16-dimensional $z$; the decoder mirrors it with
 # nearest-neighbour upsampling and ends in a discretised logistic mixture of 5 components per
-# pixel. About 110 000 parameters. The training engine (`hvae_lib.engine.Trainer`, the same code
+# pixel. About 110 000 parameters. The training engine (`hvae_lib.training.engine.Trainer`, the same code
 # as `make train` and the GPU runs) shows a progress bar, evaluates the test set every 500 steps,
 # and writes a checkpoint, `metrics.jsonl` and `samples.png` to the run folder.
 

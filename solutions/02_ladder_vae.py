@@ -48,16 +48,17 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from hvae_lib import diagnostics
-from hvae_lib.config import get_preset, override
+from hvae_lib.analysis import diagnostics
+from hvae_lib.analysis.plotting import show_grid
+from hvae_lib.config import override
 from hvae_lib.data import load_dataset
-from hvae_lib.distributions import DiagonalGaussian, sum_except_batch
-from hvae_lib.engine import Trainer
-from hvae_lib.evaluate import load_model
 from hvae_lib.exercises import assert_matches, check, reveal_prediction, smoke_mode, use_if_correct
-from hvae_lib.kl_control import free_bits
 from hvae_lib.models.lvae import LadderVAE, ResBlock, precision_weighted_merge
-from hvae_lib.plotting import show_grid
+from hvae_lib.models.presets import get_preset
+from hvae_lib.probability.gaussian import DiagonalGaussian, sum_except_batch
+from hvae_lib.probability.kl_control import free_bits
+from hvae_lib.training.checkpoint import load_model
+from hvae_lib.training.engine import Trainer
 
 SMOKE = smoke_mode()
 torch.manual_seed(0)

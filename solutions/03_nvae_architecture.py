@@ -60,17 +60,18 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from hvae_lib import diagnostics
-from hvae_lib.config import get_preset, override
+from hvae_lib.analysis import diagnostics
+from hvae_lib.analysis.diagrams import ENCODER_COLOUR, draw_cell, draw_nvae
+from hvae_lib.analysis.plotting import read_metrics, show_grid
+from hvae_lib.config import override
 from hvae_lib.data import load_dataset
-from hvae_lib.engine import Trainer
-from hvae_lib.diagrams import ENCODER_COLOUR, draw_cell, draw_nvae
 from hvae_lib.exercises import assert_matches, check, reveal_prediction, smoke_mode, use_if_correct
-from hvae_lib.layers import (BN_MOMENTUM, BatchNorm2d, EncoderCell, GenerativeCell, SqueezeExcite, Swish,
-                             batchnorm_layers, bn_regularizer, frozen_running_stats, use_generative_cell)
-from hvae_lib.layers import generative_cell as library_generative_cell
-from hvae_lib.objectives import elbo, nats_to_bpd
-from hvae_lib.plotting import read_metrics, show_grid
+from hvae_lib.layers.cells import EncoderCell, GenerativeCell, SqueezeExcite, Swish, use_generative_cell
+from hvae_lib.layers.cells import generative_cell as library_generative_cell
+from hvae_lib.layers.norms import BN_MOMENTUM, BatchNorm2d, batchnorm_layers, bn_regularizer, frozen_running_stats
+from hvae_lib.models.presets import get_preset
+from hvae_lib.probability.objectives import elbo, nats_to_bpd
+from hvae_lib.training.engine import Trainer
 
 SMOKE = smoke_mode()
 torch.manual_seed(0)
@@ -109,9 +110,9 @@ print(f"smoke mode: {SMOKE}; {len(data.train)} training images, {len(x_test)} te
 #   BN – Swish – Conv1×1 (6C → C) – BN – SE.
 #
 # Normalisation and activation come *before* each convolution (the "pre-activation" order, which
-# the paper found better than Conv–BN–activation). The library's cells, `hvae_lib.layers.EncoderCell`
+# the paper found better than Conv–BN–activation). The library's cells, `hvae_lib.layers.cells.EncoderCell`
 # and `GenerativeCell`, list their layers in exactly that order. Drawn from the modules themselves
-# (`hvae_lib.diagrams` reads every box off the cell's layers, with its channels at 16 input
+# (`hvae_lib.analysis.diagrams` reads every box off the cell's layers, with its channels at 16 input
 # channels), input at the top:
 
 # %%
@@ -415,7 +416,7 @@ assert (gates[0] - gates[1]).abs().max() > 0.01
 #
 # A cell is nothing but its layers applied in the order of section 2, plus the skip path. The
 # library's `GenerativeCell.layers()` hands them out by role, and its forward pass is the
-# function `hvae_lib.layers.generative_cell(x, layers)`, which a cell can be told to replace.
+# function `hvae_lib.layers.cells.generative_cell(x, layers)`, which a cell can be told to replace.
 #
 # **Exercise 4.** Write the generative cell's forward pass from its layers. `layers` has the
 # attributes `upsample`, `bn_in`, `expand`, `bn_expand`, `depthwise`, `bn_depthwise`, `project`,
@@ -780,7 +781,7 @@ assert train_records[-1]["bpd"] < train_records[0]["bpd"]
 # %% [markdown]
 # ## 8. What the trained NVAE does
 #
-# **KL per group.** `hvae_lib.diagnostics` from Chapter 2 works unchanged: the nats each group
+# **KL per group.** `hvae_lib.analysis.diagnostics` from Chapter 2 works unchanged: the nats each group
 # carries per test image, and the same divided by the group's size (a 4×4 group has 128 latent
 # units, an 8×8 group 512).
 

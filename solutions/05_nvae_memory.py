@@ -55,18 +55,25 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 import hvae_lib
-from hvae_lib.config import get_preset, override
+from hvae_lib.config import override
 from hvae_lib.data import load_dataset
-from hvae_lib.engine import Trainer
 from hvae_lib.exercises import assert_matches, check, reveal_prediction, smoke_mode, use_if_correct
-from hvae_lib.layers import BatchNorm2d, EncoderCell, GenerativeCell, frozen_running_stats
-from hvae_lib.likelihoods import DiscretizedLogisticMixture
-from hvae_lib.memory import (count_saved_tensors, gradient_bytes, optimizer_state_bytes, parameter_bytes,
-                             saved_bytes_by_site)
-from hvae_lib.memory_plan import GIB, fit_costs, read_gpu_results, suggest_settings
-from hvae_lib.objectives import nats_to_bpd
-from hvae_lib.recompute import checkpoint_block, fuse_bn_swish
-from hvae_lib.residual_normal import NVAENormal, residual_kl
+from hvae_lib.layers.cells import EncoderCell, GenerativeCell
+from hvae_lib.layers.norms import BatchNorm2d, frozen_running_stats
+from hvae_lib.memory.plan import GIB, fit_costs, read_gpu_results, suggest_settings
+from hvae_lib.memory.recompute import checkpoint_block, fuse_bn_swish
+from hvae_lib.memory.saved_tensors import (
+    count_saved_tensors,
+    gradient_bytes,
+    optimizer_state_bytes,
+    parameter_bytes,
+    saved_bytes_by_site,
+)
+from hvae_lib.models.presets import get_preset
+from hvae_lib.probability.likelihoods import DiscretizedLogisticMixture
+from hvae_lib.probability.objectives import nats_to_bpd
+from hvae_lib.probability.residual_normal import NVAENormal, residual_kl
+from hvae_lib.training.engine import Trainer
 
 SMOKE = smoke_mode()
 torch.manual_seed(0)
@@ -191,7 +198,7 @@ assert_matches("saved_bytes", saved_bytes, library_saved_bytes,
 # %% [markdown]
 # ### Activations per cell type
 #
-# `hvae_lib.memory.saved_bytes_by_site` counts the same storages but remembers who saved each one:
+# `hvae_lib.memory.saved_tensors.saved_bytes_by_site` counts the same storages but remembers who saved each one:
 # the innermost module whose forward was running, and the source file of the code that called the
 # operation (for the model's own code outside any submodule, the sampling, KL and likelihood). Grouped
 # by the kind of cell, on the same batch:
@@ -402,7 +409,7 @@ assert bn_rows["checkpoint_cell (frozen in recomputation)"] == bn_rows["no check
 # a momentum of 0.0975 instead of 0.05, the very choice Chapter 3 showed matters for evaluation.
 # Nothing would crash; the model would just evaluate a little worse. With `--set
 # grad_checkpointing=true` the library's NVAE makes the same call as the exercise
-# (`hvae_lib.recompute.checkpoint_block`) for every cell.
+# (`hvae_lib.memory.recompute.checkpoint_block`) for every cell.
 #
 # ### The trade-off, measured
 #
@@ -715,7 +722,7 @@ assert torch.exp(torch.tensor(2 * 7.0, dtype=torch.float16)).isinf()
 # ### How the library keeps them in fp32
 #
 # So the rule is: half precision for the convolutions, fp32 for the distributions. The library
-# casts at the boundary: `NVAENormal.from_params` and `.residual` (`hvae_lib/residual_normal.py`)
+# casts at the boundary: `NVAENormal.from_params` and `.residual` (`hvae_lib/probability/residual_normal.py`)
 # and `DiagonalGaussian.from_params` take `.float()` of the network's raw outputs; the output head
 # and `DiscretizedLogisticMixture` compute in `dtype=torch.float32` whatever autocast hands them;
 # the flows do their shift, scale and log-determinant in float32 (`flows._maths_dtype`); the
@@ -953,7 +960,7 @@ for r in read_gpu_results(GPU_RESULTS):
 # The fused op saves only $x$ and the per-channel mean and inverse deviation, and its backward recomputes
 # $y$ from them — one cheap elementwise pass — before applying Swish's and BN's derivatives.
 #
-# The library's `hvae_lib.recompute.BNSwish` does the same, and `fuse_bn_swish(model)` turns every
+# The library's `hvae_lib.memory.recompute.BNSwish` does the same, and `fuse_bn_swish(model)` turns every
 # BN–Swish pair of a model into one (keeping the parameters, buffers and `state_dict` as they are).
 # It computes the same function and the same gradients: on a copy of the trained model, the loss
 # and every gradient agree with the unfused model's, up to float32 rounding (its backward adds
@@ -1198,7 +1205,7 @@ assert abs(gpu_mixed_per_image - mixed_saving) < (0.15 if SMOKE else 0.05)  # sm
 # %% [markdown]
 # ### A recipe
 #
-# With these lines, choosing settings for a GPU is arithmetic. `hvae_lib.memory_plan.suggest_settings`
+# With these lines, choosing settings for a GPU is arithmetic. `hvae_lib.memory.plan.suggest_settings`
 # follows three rules:
 #
 # 1. keep about 10% of the GPU free (the CUDA context, cuDNN's workspaces and the allocator's
@@ -1258,7 +1265,7 @@ assert not plans["A100 40 GB", 32].cost.grad_checkpointing and not plans[device,
 #   at the cost of one elementwise pass; checkpointing whole cells saves several times more at the
 #   cost of a forward.
 # - Memory is a straight line in the batch; measured once per setting, it tells which batch,
-#   precision and checkpointing a GPU can hold (`hvae_lib.memory_plan.suggest_settings`).
+#   precision and checkpointing a GPU can hold (`hvae_lib.memory.plan.suggest_settings`).
 #
 # **Next:** the Very Deep VAE (Child 2021) drops BatchNorm and spectral regularisation altogether and
 # stabilises a hierarchy of dozens of groups with careful initialisation and gradient skipping;

@@ -44,15 +44,17 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from hvae_lib import diagnostics
-from hvae_lib.config import get_preset, override
+from hvae_lib.analysis import diagnostics
+from hvae_lib.analysis.plotting import read_metrics
+from hvae_lib.config import override
 from hvae_lib.data import load_dataset
-from hvae_lib.engine import Trainer, build_model
 from hvae_lib.exercises import assert_matches, check, reveal_prediction, smoke_mode, use_if_correct
+from hvae_lib.models import build_model
+from hvae_lib.models.presets import get_preset
 from hvae_lib.models.vdvae import VDVAE
 from hvae_lib.models.vdvae_arch import parse_decoder, parse_encoder, width_for_budget
 from hvae_lib.models.vdvae_parts import Unpool
-from hvae_lib.plotting import read_metrics
+from hvae_lib.training.engine import Trainer
 
 SMOKE = smoke_mode()
 torch.manual_seed(0)

@@ -59,20 +59,34 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from hvae_lib.autoregressive import BinaryAR, all_binary_vectors, downsample_binarize, fit_vectors
-from hvae_lib.config import get_preset, override
-from hvae_lib.d_layer_vae import DLayerVAE, bernoulli_kl as library_bernoulli_kl
+from hvae_lib.analysis.plotting import show_grid
+from hvae_lib.analysis.resolution_study import (
+    coarse_and_fine_error,
+    kl_by_resolution,
+    posterior_down_to_each_resolution,
+    spread_across_draws,
+)
+from hvae_lib.config import override
 from hvae_lib.data import load_dataset
-from hvae_lib.engine import Trainer
-from hvae_lib.evaluate import load_model
 from hvae_lib.exercises import assert_matches, check, reveal_prediction, smoke_mode, use_if_correct
-from hvae_lib.objectives import elbo
-from hvae_lib.plotting import show_grid
-from hvae_lib.resolution_study import (coarse_and_fine_error, kl_by_resolution, posterior_down_to_each_resolution,
-                                       spread_across_draws)
-from hvae_lib.sampling_cost import count_calls, sampling_cost_rows
-from hvae_lib.toy_hierarchy import (GaussianHierarchy, fit_hierarchy, grid_axis, grid_points, kl_on_grid,
-                                    marginal_step as library_marginal_step, ring_of_gaussians, two_moons)
+from hvae_lib.models.exact.binary_ar import BinaryAR, all_binary_vectors, downsample_binarize, fit_vectors
+from hvae_lib.models.exact.d_layer_vae import DLayerVAE
+from hvae_lib.models.exact.d_layer_vae import bernoulli_kl as library_bernoulli_kl
+from hvae_lib.models.exact.gaussian_hierarchy import (
+    GaussianHierarchy,
+    fit_hierarchy,
+    grid_axis,
+    grid_points,
+    kl_on_grid,
+    ring_of_gaussians,
+    two_moons,
+)
+from hvae_lib.models.exact.gaussian_hierarchy import marginal_step as library_marginal_step
+from hvae_lib.models.exact.sampling_cost import count_calls, sampling_cost_rows
+from hvae_lib.models.presets import get_preset
+from hvae_lib.probability.objectives import elbo
+from hvae_lib.training.checkpoint import load_model
+from hvae_lib.training.engine import Trainer
 
 SMOKE = smoke_mode()  # HVAE_SMOKE=1: less data, few steps (CI)
 torch.set_num_threads(1)  # every tensor here is tiny: one thread is as fast as two, and immune to other load
@@ -134,7 +148,7 @@ plt.tight_layout()
 assert set(x_train.unique().tolist()) <= {0.0, 1.0} and x_train.shape[1] == D
 
 # %% [markdown]
-# **The autoregressive model.** `hvae_lib.autoregressive.BinaryAR` is a MADE (Germain et al. 2015):
+# **The autoregressive model.** `hvae_lib.models.exact.binary_ar.BinaryAR` is a MADE (Germain et al. 2015):
 # one masked MLP whose output $i$ is the logit of $p(x_i = 1 \mid x_{<i})$ and sees only pixels
 # $0..i-1$. One pass scores a known image; drawing one takes $D$ passes, a pixel at a time.
 #
@@ -426,7 +440,7 @@ assert_matches("sample_autoregressive", sample_autoregressive, lambda model, u: 
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# `hvae_lib.sampling_cost.count_calls` counts the forward calls of a module, so the number of
+# `hvae_lib.models.exact.sampling_cost.count_calls` counts the forward calls of a module, so the number of
 # passes is measured rather than asserted by hand. Your sampler (or the library's, until yours
 # passes) on the trained AR model:
 
@@ -497,7 +511,7 @@ if not SMOKE:
 #
 # $$p(z_1) = \mathcal{N}(m, s^2), \qquad p(z_l \mid z_{l-1}) = \mathcal{N}\big(z_{l-1} + \mu_l(z_{l-1}),\ \sigma_l(z_{l-1})^2\big),$$
 #
-# with small MLPs $\mu_l$, $\sigma_l$ (`hvae_lib.toy_hierarchy.GaussianHierarchy`), has as its
+# with small MLPs $\mu_l$, $\sigma_l$ (`hvae_lib.models.exact.gaussian_hierarchy.GaussianHierarchy`), has as its
 # density the marginal of the last layer,
 # $p(z_L) = \int p(z_1) \prod_{l \ge 2} p(z_l \mid z_{l-1})\, dz_{1..L-1}$: one Gaussian for
 # $L = 1$, a continuous mixture of Gaussians from $L = 2$ on, each further layer adding a nonlinear
@@ -692,7 +706,7 @@ print(f"VDVAE from {vdvae_run.as_posix()}: {vdvae_result['step']} steps, test ne
 assert vdvae_result["test_bpd"] < 8  # better than the uniform 8 bits/dim
 
 # %% [markdown]
-# **The paper's Fig. 4.** `hvae_lib.resolution_study.posterior_down_to_each_resolution` runs the
+# **The paper's Fig. 4.** `hvae_lib.analysis.resolution_study.posterior_down_to_each_resolution` runs the
 # top-down pass with the posterior in every layer up to each resolution (0: none, plain samples)
 # and the prior below. Draw $j$ of every row starts from the same seed, so two rows differ only in
 # which layers read the image. Each panel below: the test image on the left, then six draws;

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from hvae_lib.autoregressive import BinaryAR, all_binary_vectors, downsample_binarize
+from hvae_lib.models.exact.binary_ar import BinaryAR, all_binary_vectors, downsample_binarize
 
 
 def test_all_binary_vectors_lists_every_vector_once():

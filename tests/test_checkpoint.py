@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from hvae_lib import __version__
-from hvae_lib import checkpoint as ckpt_io
-from hvae_lib.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from hvae_lib.config import get_preset, override
-from hvae_lib.engine import Trainer
-from hvae_lib.evaluate import load_model
+from hvae_lib.config import override
+from hvae_lib.models.presets import get_preset
+from hvae_lib.training import checkpoint as ckpt_io
+from hvae_lib.training.checkpoint import CheckpointError, load_checkpoint, load_model, save_atomic
+from hvae_lib.training.engine import Trainer
 
 
 def tiny(*assignments):
@@ -144,7 +144,7 @@ def test_a_temp_file_left_by_a_killed_writer_is_removed_by_the_next_save(tmp_pat
 
 WRITER = textwrap.dedent("""
     import sys, torch
-    from hvae_lib.checkpoint import FORMAT, save_atomic
+    from hvae_lib.training.checkpoint import FORMAT, save_atomic
     big = torch.empty(8_000_000)  # 32 MB, so a save takes a while and a kill often lands inside one
     i = 0
     while True:

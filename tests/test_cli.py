@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from hvae_lib import evaluate, sample, train
-from hvae_lib.checkpoint import FORMAT, load_checkpoint
-from hvae_lib.config import describe, get_preset, override
-from hvae_lib.engine import build_data_and_model
+from hvae_lib.config import describe, override
+from hvae_lib.models.presets import get_preset
+from hvae_lib.training.checkpoint import FORMAT, load_checkpoint
+from hvae_lib.training.engine import build_data_and_model
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -65,9 +66,10 @@ def test_dry_run_of_the_paper_preset_needs_no_dataset(tmp_path):
 def test_dry_run_memory_is_the_measured_memory_at_the_full_batch(monkeypatch):
     """The extrapolation from batches 2 and 4 against a direct count at the preset's batch of 32; and
     no data is read (loading it would fail here)."""
-    from hvae_lib import data, engine
-    from hvae_lib.memory import count_saved_tensors
-    from hvae_lib.objectives import elbo
+    from hvae_lib import data
+    from hvae_lib.memory.saved_tensors import count_saved_tensors
+    from hvae_lib.probability.objectives import elbo
+    from hvae_lib.training import engine
 
     def no_data(*args, **kwargs):
         raise AssertionError("the dry run read the dataset")
@@ -207,7 +209,7 @@ def _checked_options(parser):
 def test_every_numeric_argument_declares_its_range(module):
     """A new int or float argument without a range fails here: give it ``type=Range(...).parser(int)``."""
     for action in module.build_parser()._actions:
-        assert action.type not in (int, float), f"{action.option_strings}: declare its range (see hvae_lib.ranges)"
+        assert action.type not in (int, float), f"{action.option_strings}: declare its range (see hvae_lib.config.ranges)"
     assert len(_checked_options(module.build_parser())) >= 4
 
 
@@ -232,8 +234,8 @@ def test_sample_refuses_an_output_that_is_not_an_image_and_a_device_that_is_not_
 
 
 def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused(monkeypatch, tmp_path):
-    from hvae_lib import engine
-    from hvae_lib.config import ConfigError
+    from hvae_lib.config.ranges import ConfigError
+    from hvae_lib.training import engine
 
     monkeypatch.setattr(engine.dist, "is_initialized", lambda: True)
     monkeypatch.setattr(engine.dist, "get_world_size", lambda: 3)

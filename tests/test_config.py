@@ -6,7 +6,9 @@ import typing
 import pytest
 
 from hvae_lib import config as cfg
-from hvae_lib.config import ConfigError, describe, from_dict, get_preset, list_presets, override, to_dict
+from hvae_lib.config import describe, from_dict, override, to_dict
+from hvae_lib.config.ranges import ConfigError
+from hvae_lib.models.presets import get_preset, list_presets
 
 SHORT_KEYS = {"max_steps": "7", "precision": "bf16", "seed": "3", "checkpoint_every": "2", "grad_checkpointing": "true"}
 

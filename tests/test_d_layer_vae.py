@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from hvae_lib.autoregressive import BinaryAR, all_binary_vectors
-from hvae_lib.d_layer_vae import DLayerVAE, bernoulli_kl
-from hvae_lib.objectives import elbo, importance_weighted_bound
+from hvae_lib.models.exact.binary_ar import BinaryAR, all_binary_vectors
+from hvae_lib.models.exact.d_layer_vae import DLayerVAE, bernoulli_kl
+from hvae_lib.probability.objectives import elbo, importance_weighted_bound
 
 
 def random_ar(d, hidden=16, seed=0, scale=1.0, dtype=torch.float32):

@@ -10,8 +10,9 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from hvae_lib import data
-from hvae_lib.data import DatasetUnavailableError, load_dataset, make_loader
+from hvae_lib.data import load_dataset, make_loader, mnist_cifar
+from hvae_lib.data.contract import DatasetInfo, DatasetUnavailableError, default_root
+from hvae_lib.data.shapes import SHAPES_SIZES
 
 N_TRAIN, N_TEST = 20, 10
 
@@ -53,7 +54,7 @@ def check_contract(ds, shape, bits, n):
 @pytest.fixture
 def no_debian(tmp_path, monkeypatch):
     """Pretend the Debian Fashion-MNIST package is not installed."""
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(mnist_cifar, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
 
 
 def test_idx_magic_numbers():
@@ -65,7 +66,7 @@ def test_fashion_mnist_from_raw_idx(tmp_path, no_debian):
     files = idx_splits()
     write_raw(tmp_path / "FashionMNIST" / "raw", files)
     ds = load_dataset("fashion_mnist", tmp_path, download=False)
-    assert ds.info == data.DatasetInfo("fashion_mnist", (1, 28, 28), 8, "logistic_mixture", 784)
+    assert ds.info == DatasetInfo("fashion_mnist", (1, 28, 28), 8, "logistic_mixture", 784)
     check_contract(ds.train, (1, 28, 28), 8, N_TRAIN)
     check_contract(ds.test, (1, 28, 28), 8, N_TEST)
     first = torch.frombuffer(bytearray(files["train-images-idx3-ubyte"][16:16 + 784]), dtype=torch.uint8)
@@ -81,11 +82,11 @@ def test_fashion_mnist_debian_fallback(tmp_path, monkeypatch):
     debian.mkdir()
     for name, content in idx_splits().items():
         (debian / f"{name}.gz").write_bytes(gzip.compress(content))
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(mnist_cifar, "DEBIAN_FASHION_MNIST", debian)
     root = tmp_path / "root"
     ds = load_dataset("fashion_mnist", root, download=False)
     raw = root / "FashionMNIST" / "raw"
-    assert sorted(p.name for p in raw.iterdir()) == sorted(data.IDX_FILES)  # decompressed, no temp files left
+    assert sorted(p.name for p in raw.iterdir()) == sorted(mnist_cifar.IDX_FILES)  # decompressed, no temp files left
     check_contract(ds.train, (1, 28, 28), 8, N_TRAIN)
 
 
@@ -128,7 +129,7 @@ def test_mnist_is_binarised_at_its_own_28x28(tmp_path):
     """Only the 784 real pixels reach a model (and its likelihood); padding is the model's business."""
     write_raw(tmp_path / "MNIST" / "raw", idx_splits(grey=255))
     ds = load_dataset("mnist", tmp_path, download=False)
-    assert ds.info == data.DatasetInfo("mnist", (1, 28, 28), 1, "bernoulli", 784)
+    assert ds.info == DatasetInfo("mnist", (1, 28, 28), 1, "bernoulli", 784)
     check_contract(ds.train, (1, 28, 28), 1, N_TRAIN)
     check_contract(ds.test, (1, 28, 28), 1, N_TEST)
     for split in (ds.train, ds.test):
@@ -158,7 +159,7 @@ def test_cifar10_from_pickles(tmp_path):
         (folder / name).write_bytes(pickle.dumps(batch))
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane"] * 10}))
     ds = load_dataset("cifar10", tmp_path, download=False)
-    assert ds.info == data.DatasetInfo("cifar10", (3, 32, 32), 8, "logistic_mixture", 3072)
+    assert ds.info == DatasetInfo("cifar10", (3, 32, 32), 8, "logistic_mixture", 3072)
     check_contract(ds.train, (3, 32, 32), 8, 20)
     check_contract(ds.test, (3, 32, 32), 8, N_TEST)
     raw = pickle.loads((folder / "data_batch_1").read_bytes())[b"data"][0]
@@ -178,7 +179,7 @@ def test_unknown_name_and_bad_arguments():
 
 def test_shapes_contract_and_determinism():
     ds = load_dataset("shapes", train_limit=50, test_limit=20)
-    assert ds.info == data.DatasetInfo("shapes", (3, 32, 32), 8, "logistic_mixture", 3072)
+    assert ds.info == DatasetInfo("shapes", (3, 32, 32), 8, "logistic_mixture", 3072)
     check_contract(ds.train, (3, 32, 32), 8, 50)
     check_contract(ds.test, (3, 32, 32), 8, 20)
     assert set(ds.train.labels.tolist()) <= {0, 1, 2}
@@ -188,7 +189,7 @@ def test_shapes_contract_and_determinism():
     assert not torch.equal(other.train.images, same.train.images)
     assert not torch.equal(ds.test.images[:10], ds.train.images[:10])  # splits differ
     full = load_dataset("shapes")
-    assert (len(full.train), len(full.test)) == data.SHAPES_SIZES
+    assert (len(full.train), len(full.test)) == SHAPES_SIZES
 
 
 @pytest.mark.parametrize("resolution", [8, 16, 64])
@@ -210,9 +211,9 @@ def test_make_loader_is_reproducible():
 
 def test_default_root(monkeypatch, tmp_path):
     monkeypatch.setenv("HVAE_DATA_ROOT", str(tmp_path))
-    assert data.default_root() == tmp_path
+    assert default_root() == tmp_path
     monkeypatch.delenv("HVAE_DATA_ROOT")
-    assert data.default_root() == Path(data.__file__).resolve().parent.parent / "data"
+    assert default_root() == Path(__file__).resolve().parents[1] / "data"  # <repo>/data
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),

@@ -4,7 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hvae_lib.data import DATASETS, DatasetUnavailableError, dataset_info, load_dataset
+from hvae_lib.data import load_dataset
+from hvae_lib.data.contract import DATASETS, DatasetUnavailableError, dataset_info
 
 
 def write_imagenet_npz(folder, resolution, per_batch=3, val=4, seed=0):

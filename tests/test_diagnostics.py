@@ -11,10 +11,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from hvae_lib.diagnostics import (active_units, cumulative_rate, fixed_top_grid, kl_per_group,  # noqa: E402
-                                  plot_cumulative_rate, plot_fixed_top_grid)
-from hvae_lib.models.base import ModelOutput  # noqa: E402
+from hvae_lib.analysis.diagnostics import (
+    active_units,
+    cumulative_rate,
+    fixed_top_grid,
+    kl_per_group,
+    plot_cumulative_rate,
+    plot_fixed_top_grid,
+)
 from hvae_lib.models.lvae import LadderVAE  # noqa: E402
+from hvae_lib.probability.objectives import ModelOutput  # noqa: E402
 
 
 class KnownModel(nn.Module):

@@ -4,9 +4,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hvae_lib.config import get_preset, override  # noqa: E402
-from hvae_lib.diagrams import branch_labels, draw_cell, draw_nvae, nvae_rows  # noqa: E402
-from hvae_lib.layers import EncoderCell, GenerativeCell  # noqa: E402
+from hvae_lib.analysis.diagrams import branch_labels, draw_cell, draw_nvae, nvae_rows  # noqa: E402
+from hvae_lib.config import override  # noqa: E402
+from hvae_lib.layers.cells import EncoderCell, GenerativeCell  # noqa: E402
+from hvae_lib.models.presets import get_preset
 
 
 def test_cell_diagrams_list_the_cells_layers_in_order():

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hvae_lib.checkpoint import load_checkpoint
-from hvae_lib.config import get_preset, override
-from hvae_lib.engine import Trainer
+from hvae_lib.config import override
+from hvae_lib.models.presets import get_preset
+from hvae_lib.training.checkpoint import load_checkpoint
+from hvae_lib.training.engine import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = ["max_steps=8", "log_every=2", "eval_every=4", "eval_batches=2", "checkpoint_every=4", "sample_every=4",
@@ -25,8 +26,8 @@ SETS = ["max_steps=8", "log_every=2", "eval_every=4", "eval_batches=2", "checkpo
 WORKER = textwrap.dedent("""
     import os, sys
     import torch
-    from hvae_lib import engine
-    from hvae_lib.distributions import DiagonalGaussian
+    from hvae_lib.training import engine
+    from hvae_lib.probability.gaussian import DiagonalGaussian
 
     DiagonalGaussian.rsample = lambda self, temperature=1.0: self.mu  # z = posterior mean: no sampling noise
 
@@ -131,7 +132,7 @@ def test_rank_zero_alone_writes_and_batches_shard_in_process(tmp_path):
 # ranks agreed and that every one of them left cleanly (a rank stuck in a collective writes nothing).
 STOP_WORKER = textwrap.dedent("""
     import os, sys
-    from hvae_lib import engine
+    from hvae_lib.training import engine
     from hvae_lib.train import main
 
     fit, rank, dump = engine.Trainer.fit, int(os.environ["RANK"]), os.environ["DUMP"]

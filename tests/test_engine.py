@@ -12,12 +12,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from hvae_lib.checkpoint import load_checkpoint
-from hvae_lib.config import get_preset, list_presets, override
-from hvae_lib.engine import GlobalBatches, Trainer, TrainingError, build_data_and_model, lr_factor, make_optimizer
-from hvae_lib.objectives import elbo
 from state_compare import state_equal
+
+from hvae_lib.config import override
+from hvae_lib.models.presets import get_preset, list_presets
+from hvae_lib.probability.objectives import elbo
+from hvae_lib.training.checkpoint import load_checkpoint
+from hvae_lib.training.engine import Trainer, TrainingError, build_data_and_model
+from hvae_lib.training.optim import lr_factor, make_optimizer
+from hvae_lib.training.run_log import GlobalBatches
 
 ROOT = Path(__file__).resolve().parent.parent
 METRIC_KEYS = {"step", "loss", "recon", "kl", "kl_per_group", "grad_norm", "skipped", "lr", "kl_weight", "images_per_s"}
@@ -225,7 +228,7 @@ def test_a_loss_fn_replaces_the_training_loss(tmp_path):
     per_image = Trainer(tiny(), tmp_path / "d", resume=False, loss_fn=lambda out, beta: -out.log_px_z)
     with pytest.raises(TrainingError, match=r"loss_fn must return a scalar tensor .* got shape \(32,\)"):
         per_image.train_step()
-    from hvae_lib.config import ConfigError
+    from hvae_lib.config.ranges import ConfigError
 
     with pytest.raises(ConfigError, match="free_bits and kl_balancing would be ignored"):
         Trainer(tiny("free_bits=0.5"), tmp_path / "e", resume=False, loss_fn=negative_elbo)

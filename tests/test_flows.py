@@ -5,7 +5,7 @@ import torch
 from einops import rearrange
 from torch.autograd.functional import jacobian
 
-from hvae_lib.flows import IAFCell, MaskedConv2d, PairedIAF, autoregressive_mask
+from hvae_lib.probability.flows import IAFCell, MaskedConv2d, PairedIAF, autoregressive_mask
 
 C, H, W, CTX = 4, 4, 4, 3  # tiny latent: 64 ordered elements
 

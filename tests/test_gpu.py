@@ -10,12 +10,13 @@ import math
 import pytest
 import torch
 
-import hvae_lib.presets.nvae  # noqa: F401  (registers the NVAE presets)
-from hvae_lib.bn_readjust import cached_temperatures, sample_with_readjusted_bn
-from hvae_lib.config import get_preset, override
-from hvae_lib.engine import Trainer
-from hvae_lib.evaluate import load_model
+import hvae_lib.models.presets.nvae  # noqa: F401  (registers the NVAE presets)
+from hvae_lib.config import override
+from hvae_lib.layers.bn_readjust import cached_temperatures, sample_with_readjusted_bn
 from hvae_lib.models.nvae import NVAE
+from hvae_lib.models.presets import get_preset
+from hvae_lib.training.checkpoint import load_model
+from hvae_lib.training.engine import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

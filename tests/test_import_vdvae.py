@@ -7,14 +7,16 @@ decoder.gain, decoder.bias, decoder.out_net.out_conv), independently of the impo
 import pytest
 import torch
 
-import hvae_lib.presets.vdvae  # noqa: F401
-from hvae_lib import engine
-from hvae_lib.config import get_preset, override
-from hvae_lib.data import Datasets, ImageDataset, dataset_info
-from hvae_lib.evaluate import load_model
-from hvae_lib.import_vdvae import find_preset, main, mixture_channel_order
+import hvae_lib.models.presets.vdvae  # noqa: F401
+from hvae_lib.config import override
+from hvae_lib.data.contract import Datasets, ImageDataset, dataset_info
+from hvae_lib.import_vdvae import main
+from hvae_lib.models.presets import get_preset
 from hvae_lib.models.vdvae import VDVAE
+from hvae_lib.models.vdvae_official import find_preset, mixture_channel_order
 from hvae_lib.sample import main as sample_main
+from hvae_lib.training import engine
+from hvae_lib.training.checkpoint import load_model
 
 TINY = ["--set", "width=16", "--set", "zdim=4", "--set", "enc_blocks=32x1,32d2,16x1,16d2,8x1,8d8,1x1",
         "--set", "dec_blocks=1x1,8m1,8x1,16m8,32m16"]

@@ -1,8 +1,8 @@
-"""KL warm-up, free bits and KL balancing (hvae_lib.kl_control), each on its own, against hand-computed values."""
+"""KL warm-up, free bits and KL balancing (hvae_lib.probability.kl_control), each on its own, against hand-computed values."""
 import pytest
 import torch
 
-from hvae_lib.kl_control import free_bits, kl_balance_coeffs, kl_objective, kl_warmup_beta
+from hvae_lib.probability.kl_control import free_bits, kl_balance_coeffs, kl_objective, kl_warmup_beta
 
 
 def test_warmup_is_linear_from_start_to_one_then_flat():

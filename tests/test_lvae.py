@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-import hvae_lib.presets.lvae  # noqa: F401  (registers the lvae presets)
-from hvae_lib.config import from_dict, get_preset, override, to_dict
-from hvae_lib.distributions import DiagonalGaussian, sum_except_batch
-from hvae_lib.engine import Trainer
+import hvae_lib.models.presets.lvae  # noqa: F401  (registers the lvae presets)
+from hvae_lib.config import from_dict, override, to_dict
 from hvae_lib.models.lvae import LadderVAE, precision_weighted_merge
-from hvae_lib.objectives import elbo
+from hvae_lib.models.presets import get_preset
+from hvae_lib.probability.gaussian import DiagonalGaussian, sum_except_batch
+from hvae_lib.probability.objectives import elbo
+from hvae_lib.training.engine import Trainer
 
 
 def random_gaussian(shape, seed, spread=1.0):

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from hvae_lib.distributions import DiagonalGaussian, soft_clamp
-from hvae_lib.likelihoods import Bernoulli, DiscretizedLogisticMixture, LikelihoodHead
-from hvae_lib.objectives import elbo, importance_weighted_bound, nats_to_bpd
-from hvae_lib.toy import LinearGaussianModel
+from hvae_lib.models.exact.linear_gaussian import LinearGaussianModel
+from hvae_lib.probability.gaussian import DiagonalGaussian, soft_clamp
+from hvae_lib.probability.likelihoods import Bernoulli, DiscretizedLogisticMixture, LikelihoodHead
+from hvae_lib.probability.objectives import elbo, importance_weighted_bound, nats_to_bpd
 
 
 def random_gaussian(shape, seed):

@@ -2,8 +2,13 @@
 import torch
 from torch import nn
 
-from hvae_lib.memory import (count_saved_tensors, gradient_bytes, optimizer_state_bytes, parameter_bytes,
-                             saved_bytes_by_site)
+from hvae_lib.memory.saved_tensors import (
+    count_saved_tensors,
+    gradient_bytes,
+    optimizer_state_bytes,
+    parameter_bytes,
+    saved_bytes_by_site,
+)
 
 
 def test_linear_layer_saves_its_input_and_weight():

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hvae_lib.memory_plan import (BYTES_PER_PARAMETER, GIB, SettingCost, fit_costs, read_gpu_results,
-                                  suggest_settings)
+from hvae_lib.memory.plan import BYTES_PER_PARAMETER, GIB, SettingCost, fit_costs, read_gpu_results, suggest_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_JSON = ROOT / "benchmarks" / "gpu_results.json"

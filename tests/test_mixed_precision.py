@@ -8,10 +8,11 @@ latent unit is a difference of numbers close to 1.
 import pytest
 import torch
 
-import hvae_lib.presets  # noqa: F401  (registers the presets)
-from hvae_lib.config import get_preset, override
-from hvae_lib.likelihoods import DiscretizedLogisticMixture
-from hvae_lib.residual_normal import residual_kl
+import hvae_lib.models.presets  # noqa: F401  (registers the presets)
+from hvae_lib.config import override
+from hvae_lib.models.presets import get_preset
+from hvae_lib.probability.likelihoods import DiscretizedLogisticMixture
+from hvae_lib.probability.residual_normal import residual_kl
 
 MODELS = {"vae": ("vae_tiny", {}, "logistic_mixture"), "lvae": ("lvae_tiny", {}, "logistic_mixture"),
           "nvae": ("nvae_tiny", {}, "logistic_mixture"), "nvae_flow": ("nvae_tiny", {"num_flows": 1}, "logistic_mixture"),
@@ -76,9 +77,9 @@ def test_the_residual_kl_of_a_nearly_inactive_unit_is_lost_in_fp16():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_every_distribution_lifts_half_precision_network_outputs_to_float32(dtype):
-    from hvae_lib.distributions import DiagonalGaussian
-    from hvae_lib.likelihoods import Bernoulli
-    from hvae_lib.residual_normal import NVAENormal
+    from hvae_lib.probability.gaussian import DiagonalGaussian
+    from hvae_lib.probability.likelihoods import Bernoulli
+    from hvae_lib.probability.residual_normal import NVAENormal
 
     raw = torch.randn(2, 8, 4, 4).to(dtype)  # (B, 2Z, H, W), as a half-precision conv hands it over
     tensors = {

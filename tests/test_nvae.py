@@ -5,15 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-import hvae_lib.presets.nvae  # noqa: F401  (registers the NVAE presets)
-from hvae_lib.bn_readjust import cached_temperatures, readjusted_bn, sample_with_readjusted_bn
-from hvae_lib.config import get_preset, override
-from hvae_lib.data import dataset_info
-from hvae_lib.engine import Trainer
-from hvae_lib.layers import WNConv2d
+import hvae_lib.models.presets.nvae  # noqa: F401  (registers the NVAE presets)
+from hvae_lib.config import override
+from hvae_lib.data.contract import dataset_info
+from hvae_lib.layers.bn_readjust import cached_temperatures, readjusted_bn, sample_with_readjusted_bn
+from hvae_lib.layers.norms import WNConv2d
 from hvae_lib.models.nvae import NVAE
 from hvae_lib.models.nvae_parts import groups_per_scale
-from hvae_lib.residual_normal import NVAENormal, residual_kl
+from hvae_lib.models.presets import get_preset
+from hvae_lib.probability.residual_normal import NVAENormal, residual_kl
+from hvae_lib.training.engine import Trainer
 
 SMALL = dict(num_latent_scales=2, num_groups_per_scale=2, ada_groups=True, num_latent_per_group=4,
              num_channels_enc=4, num_channels_dec=4, num_preprocess_cells=1, num_postprocess_cells=1, num_mix=3)

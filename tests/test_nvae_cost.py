@@ -10,18 +10,19 @@ import weakref
 import pytest
 import torch
 import torch.nn.functional as F
+from state_compare import state_equal
 from torch import nn
 
-from hvae_lib.checkpoint import load_checkpoint
-from hvae_lib.config import get_preset, override
-from hvae_lib.engine import Trainer
-from hvae_lib.kl_control import kl_objective
-from hvae_lib.layers import WNConv2d
+from hvae_lib.config import override
+from hvae_lib.layers.norms import WNConv2d
 from hvae_lib.layers.spectral import conv_weight
-from hvae_lib.memory import count_saved_tensors
+from hvae_lib.memory.saved_tensors import count_saved_tensors
 from hvae_lib.models.nvae import NVAE
-from hvae_lib.objectives import elbo
-from state_compare import state_equal
+from hvae_lib.models.presets import get_preset
+from hvae_lib.probability.kl_control import kl_objective
+from hvae_lib.probability.objectives import elbo
+from hvae_lib.training.checkpoint import load_checkpoint
+from hvae_lib.training.engine import Trainer
 
 SMALL = dict(num_latent_scales=2, num_groups_per_scale=2, num_latent_per_group=4, num_channels_enc=8,
              num_channels_dec=8, num_preprocess_cells=1, num_postprocess_cells=1, num_mix=3, num_flows=1)

@@ -8,15 +8,16 @@ from torch import nn
 
 from hvae_lib import sample as sample_cli
 from hvae_lib import train
-from hvae_lib.bn_readjust import readjusted_bn, sample_with_readjusted_bn
-from hvae_lib.config import get_preset, override
-from hvae_lib.data import Datasets, ImageDataset, dataset_info
-from hvae_lib.engine import Trainer
-from hvae_lib.layers import batchnorm_layers
-from hvae_lib.likelihoods import DiscretizedLogisticMixture
+from hvae_lib.config import override
+from hvae_lib.data.contract import Datasets, ImageDataset, dataset_info
+from hvae_lib.layers.bn_readjust import readjusted_bn, sample_with_readjusted_bn
+from hvae_lib.layers.norms import batchnorm_layers
 from hvae_lib.models.nvae import NVAE
-from hvae_lib.objectives import elbo, nats_to_bpd
-from hvae_lib.run_log import GlobalBatches
+from hvae_lib.models.presets import get_preset
+from hvae_lib.probability.likelihoods import DiscretizedLogisticMixture
+from hvae_lib.probability.objectives import elbo, nats_to_bpd
+from hvae_lib.training.engine import Trainer
+from hvae_lib.training.run_log import GlobalBatches
 
 SMALL = dict(num_latent_scales=2, num_groups_per_scale=2, ada_groups=True, num_latent_per_group=4,
              num_channels_enc=4, num_channels_dec=4, num_preprocess_cells=1, num_postprocess_cells=1, num_mix=3)
@@ -65,7 +66,7 @@ def test_the_cifar10_paper_preset_flips_and_the_engine_passes_it_on(tmp_path, mo
     config = override(get_preset("nvae_tiny"), ["horizontal_flip=true", "quiet=true", "batch_size=8"])
     info = dataset_info("shapes", 16)
     split = ImageDataset(torch.randint(0, 256, (16, *info.image_shape), dtype=torch.uint8), torch.zeros(16).long())
-    monkeypatch.setattr("hvae_lib.engine.load_data", lambda c: Datasets(split, split, info))
+    monkeypatch.setattr("hvae_lib.training.engine.load_data", lambda c: Datasets(split, split, info))
     assert Trainer(config, tmp_path, resume=False).batches.horizontal_flip
 
 

@@ -6,11 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hvae_lib.layers import (BatchNorm2d, EncoderCell, FactorizedReduce, GenerativeCell, SpectralRegularizer,
-                             SqueezeExcite, WNConv2d, bn_regularizer, frozen_running_stats, generative_cell,
-                             use_generative_cell)
-from hvae_lib.operator_norm import conv_operator_norm, reshaped_kernel_norm
-from hvae_lib.residual_normal import NVAENormal, residual_kl
+from hvae_lib.analysis.operator_norm import conv_operator_norm, reshaped_kernel_norm
+from hvae_lib.layers.cells import (
+    EncoderCell,
+    FactorizedReduce,
+    GenerativeCell,
+    SqueezeExcite,
+    generative_cell,
+    use_generative_cell,
+)
+from hvae_lib.layers.norms import BatchNorm2d, WNConv2d, bn_regularizer, frozen_running_stats
+from hvae_lib.layers.spectral import SpectralRegularizer
+from hvae_lib.probability.residual_normal import NVAENormal, residual_kl
 
 
 def test_residual_normal_kl_equals_gaussian_kl_of_implied_q_and_p():

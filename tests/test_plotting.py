@@ -1,4 +1,4 @@
-"""hvae_lib.plotting's "where it stands" pieces (Chapters 4 and 6)."""
+"""hvae_lib.analysis.plotting's "where it stands" pieces (Chapters 4 and 6)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hvae_lib.plotting import earlier_run_bpd, plot_where_it_stands  # noqa: E402
+from hvae_lib.analysis.plotting import earlier_run_bpd, plot_where_it_stands  # noqa: E402
 
 
 def test_earlier_run_bpd_reads_the_run_or_falls_back(tmp_path):

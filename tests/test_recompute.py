@@ -6,11 +6,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from hvae_lib.layers import (BatchNorm2d, EncoderCell, GenerativeCell, Swish, frozen_running_stats, generative_cell,
-                             use_generative_cell)
-from hvae_lib.memory import count_saved_tensors
+from hvae_lib.layers.cells import EncoderCell, GenerativeCell, Swish, generative_cell, use_generative_cell
+from hvae_lib.layers.norms import BatchNorm2d, frozen_running_stats
+from hvae_lib.memory.recompute import BNSwish, checkpoint_block, fuse_bn_swish
+from hvae_lib.memory.saved_tensors import count_saved_tensors
 from hvae_lib.models.nvae import NVAE
-from hvae_lib.recompute import BNSwish, checkpoint_block, fuse_bn_swish
 
 
 def cell_stack(seed=0):

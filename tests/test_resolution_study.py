@@ -3,10 +3,16 @@ a resolution and the prior below, and the KL per resolution."""
 import pytest
 import torch
 
+from hvae_lib.analysis.resolution_study import (
+    coarse_and_fine_error,
+    distance_to_image,
+    kl_by_resolution,
+    latent_resolutions,
+    posterior_down_to_each_resolution,
+    spread_across_draws,
+)
 from hvae_lib.models.vae import ConvVAE
 from hvae_lib.models.vdvae import VDVAE
-from hvae_lib.resolution_study import (coarse_and_fine_error, distance_to_image, kl_by_resolution, latent_resolutions,
-                                       posterior_down_to_each_resolution, spread_across_draws)
 
 # latent layers: 1x1 (layer 0), 4x4 (layers 1, 2), 8x8 (3, 4), 16x16 (5, 6)
 SMALL = dict(width=16, zdim=4, num_mixtures=3, enc_blocks="16x1,16d2,8x2,8d2,4x1,4d4,1x1",

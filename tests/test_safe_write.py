@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from hvae_lib import engine, safe_write
-from hvae_lib.checkpoint import load_checkpoint
-from hvae_lib.config import ConfigError, get_preset, override
-from hvae_lib.engine import Trainer
-from hvae_lib.safe_write import WriteError, append_line, trim_event_file, write_atomic
+from hvae_lib.config import override
+from hvae_lib.config.ranges import ConfigError
+from hvae_lib.models.presets import get_preset
+from hvae_lib.training import engine, safe_write
+from hvae_lib.training.checkpoint import load_checkpoint
+from hvae_lib.training.engine import Trainer
+from hvae_lib.training.safe_write import WriteError, append_line, trim_event_file, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 def full() -> OSError:

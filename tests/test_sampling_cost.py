@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from hvae_lib import sampling_cost
-from hvae_lib.autoregressive import BinaryAR
-from hvae_lib.d_layer_vae import DLayerVAE
-from hvae_lib.sampling_cost import count_calls, median_times, multiresolution_vae, sampling_cost_rows
+from hvae_lib.models.exact import sampling_cost
+from hvae_lib.models.exact.binary_ar import BinaryAR
+from hvae_lib.models.exact.d_layer_vae import DLayerVAE
+from hvae_lib.models.exact.sampling_cost import count_calls, median_times, multiresolution_vae, sampling_cost_rows
 
 
 @pytest.mark.parametrize("d", [4, 9, 25])

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from hvae_lib import checkpoint as ckpt_io
-from hvae_lib.checkpoint import load_checkpoint
-from hvae_lib.config import get_preset, override
-from hvae_lib.engine import Trainer
-from hvae_lib.stopping import TrainingInterrupted
 from state_compare import state_equal
+
+from hvae_lib.config import override
+from hvae_lib.models.presets import get_preset
+from hvae_lib.training import checkpoint as ckpt_io
+from hvae_lib.training.checkpoint import load_checkpoint
+from hvae_lib.training.engine import Trainer
+from hvae_lib.training.stopping import TrainingInterrupted
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = ("ema_rate=0.9", "log_every=3", "sample_every=0", "checkpoint_every=5", "schedule_steps=40")

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hvae_lib.layers import BatchNorm2d, local_batch_norm, sync_world_size
+from hvae_lib.layers.norms import BatchNorm2d
+from hvae_lib.layers.sync_bn import local_batch_norm, sync_world_size
 from hvae_lib.models.nvae import NVAE
-from hvae_lib.residual_normal import NVAENormal
+from hvae_lib.probability.residual_normal import NVAENormal
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(num_latent_scales=2, num_groups_per_scale=2, num_latent_per_group=4, num_channels_enc=8,
@@ -25,7 +26,7 @@ WORKER = textwrap.dedent("""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     from hvae_lib.models.nvae import NVAE
-    from hvae_lib.residual_normal import NVAENormal
+    from hvae_lib.probability.residual_normal import NVAENormal
 
     NVAENormal.rsample = lambda self: self.mu
     dist.init_process_group("gloo")

@@ -5,8 +5,16 @@ import math
 import pytest
 import torch
 
-from hvae_lib.toy_hierarchy import (GaussianHierarchy, GaussianMixture2D, fit_hierarchy, grid_axis, grid_points,
-                                    marginal_step, ring_of_gaussians, two_moons)
+from hvae_lib.models.exact.gaussian_hierarchy import (
+    GaussianHierarchy,
+    GaussianMixture2D,
+    fit_hierarchy,
+    grid_axis,
+    grid_points,
+    marginal_step,
+    ring_of_gaussians,
+    two_moons,
+)
 
 
 def random_hierarchy(layers, seed=0, scale=0.3):

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from hvae_lib.distributions import DiagonalGaussian, sum_except_batch
 from hvae_lib.models.vae import ConvVAE
-from hvae_lib.objectives import elbo
+from hvae_lib.probability.gaussian import DiagonalGaussian, sum_except_batch
+from hvae_lib.probability.objectives import elbo
 
 
 @pytest.mark.parametrize("shape,likelihood,bits", [((1, 28, 28), "logistic_mixture", 8), ((1, 32, 32), "bernoulli", 1),

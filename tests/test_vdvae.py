@@ -6,14 +6,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hvae_lib.presets.vdvae  # noqa: F401  (registers the VDVAE presets)
-from hvae_lib.config import ConfigError, get_preset, override
-from hvae_lib.data import dataset_info
-from hvae_lib.engine import Trainer, build_model
-from hvae_lib.memory import count_saved_tensors
+import hvae_lib.models.presets.vdvae  # noqa: F401  (registers the VDVAE presets)
+from hvae_lib.config import override
+from hvae_lib.config.ranges import ConfigError
+from hvae_lib.data.contract import dataset_info
+from hvae_lib.memory.saved_tensors import count_saved_tensors
+from hvae_lib.models import build_model
+from hvae_lib.models.presets import get_preset
 from hvae_lib.models.vdvae import VDVAE
-from hvae_lib.models.vdvae_arch import (DecoderBlockSpec, EncoderBlockSpec, parse_decoder, parse_encoder, parse_widths,
-                                        width_for_budget)
+from hvae_lib.models.vdvae_arch import (
+    DecoderBlockSpec,
+    EncoderBlockSpec,
+    parse_decoder,
+    parse_encoder,
+    parse_widths,
+    width_for_budget,
+)
+from hvae_lib.training.engine import Trainer
 
 CIFAR_ENC = "32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3"
 CIFAR_DEC = "1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21"
@@ -324,6 +333,6 @@ def test_trains_under_two_gloo_processes_like_one_process(tmp_path):
     for k in single:
         assert torch.equal(rank0[k], rank1[k]), f"ranks disagree on {k}"
         assert torch.allclose(rank0[k], single[k], rtol=1e-4, atol=1e-5), f"{k}: DDP differs from one process"
-    from hvae_lib.checkpoint import load_checkpoint
+    from hvae_lib.training.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "two" / "checkpoint.pt")["total_skips"] == 1

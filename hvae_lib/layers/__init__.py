@@ -1,13 +1,13 @@
-"""Building blocks of NVAE (Chapters 3-4): residual cells, normalisation, spectral regularisation."""
-from .cells import (EncoderCell, FactorizedReduce, GenerativeCell, SqueezeExcite, Swish, UpsampleSkip,
-                    generative_cell, postprocess_cells, preprocess_cells, use_generative_cell)
-from .norms import BN_MOMENTUM, BatchNorm2d, WNConv2d, batchnorm_layers, bn_regularizer, frozen_running_stats
-from .spectral import SpectralRegularizer, conv_weight
-from .sync_bn import local_batch_norm, sync_world_size
+"""Network building blocks, from NVAE (Chapters 3-5).
 
-__all__ = [
-    "BN_MOMENTUM", "BatchNorm2d", "EncoderCell", "FactorizedReduce", "GenerativeCell", "SpectralRegularizer",
-    "SqueezeExcite", "Swish", "UpsampleSkip", "WNConv2d", "batchnorm_layers", "bn_regularizer", "conv_weight",
-    "frozen_running_stats", "generative_cell", "local_batch_norm", "postprocess_cells", "preprocess_cells",
-    "sync_world_size", "use_generative_cell",
-]
+- :mod:`~hvae_lib.layers.cells`: NVAE's residual cells: the encoder cell, the depthwise generative
+  cell, squeeze-and-excitation, Swish, the factorised reduce and the up-sampling skip;
+- :mod:`~hvae_lib.layers.norms`: BatchNorm with momentum 0.05 and its regulariser, weight-normalised
+  convolutions, frozen running statistics for recomputation (Chapters 3 and 5);
+- :mod:`~hvae_lib.layers.spectral`: spectral regularisation by persistent power iteration (Chapter 4);
+- :mod:`~hvae_lib.layers.sync_bn`: BatchNorm over the global batch under torchrun;
+- :mod:`~hvae_lib.layers.bn_readjust`: sampling with BatchNorm statistics re-estimated at the
+  sampling temperature, cached (Chapter 4).
+
+This package imports nothing else of the library.
+"""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .norms import BatchNorm2d, WNConv2d
+from hvae_lib.layers.norms import BatchNorm2d, WNConv2d
 
 
 class Swish(nn.Module):
@@ -115,7 +115,7 @@ class GenerativeCell(nn.Module):
     the layers by role; a cell whose ``function`` is set computes ``function(x, self.layers())``
     instead (Chapter 3 trains NVAE with the student's; see :func:`use_generative_cell`). The library's
     path runs the ``branch`` Sequential itself because that is what Chapter 5's
-    :func:`~hvae_lib.recompute.fuse_bn_swish` rewrites (BN + Swish into one op, the Swish into an
+    :func:`~hvae_lib.memory.recompute.fuse_bn_swish` rewrites (BN + Swish into one op, the Swish into an
     identity), which a function calling ``silu`` after each BN would apply twice.
     """
 

@@ -6,7 +6,7 @@ BN momentum: PyTorch's momentum m is the weight of the newest batch in the runni
 NVAE uses 0.05 instead of the default 0.1: the running estimates average about twice as many
 batches (half the noise variance) but trail weight changes about twice as long (Chapter 3 measures
 both). It adds the regulariser below and re-estimates the statistics before sampling
-(see :mod:`hvae_lib.bn_readjust`).
+(see :mod:`hvae_lib.layers.bn_readjust`).
 """
 import contextvars
 from contextlib import contextmanager
@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .spectral import LastWeight
-from .sync_bn import sync_batch_norm, sync_world_size
+from hvae_lib.layers.spectral import LastWeight
+from hvae_lib.layers.sync_bn import sync_batch_norm, sync_world_size
 
 BN_MOMENTUM = 0.05
 BN_EPS = 1e-5

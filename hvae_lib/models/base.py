@@ -1,30 +1,19 @@
-"""What every model in the course returns and promises, so the engine can train any of them."""
+"""What every model in the course promises, so the engine can train any of them (Chapter 1 onwards).
+
+A model returns the terms of the ELBO for a batch, a
+:class:`~hvae_lib.probability.objectives.ModelOutput`; this module holds the base class that checks
+its input and recomputes blocks under gradient checkpointing, and the seeded evaluation mode.
+"""
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-
-@dataclass
-class ModelOutput:
-    """One forward pass on a batch of B images.
-
-    ``kl_per_group`` is analytic where the model allows it (a single-sample Monte Carlo estimate with
-    flows); ``log_q_minus_log_p`` is log q(z|x) - log p(z) at the sampled z, summed over groups, which
-    the importance-weighted bound needs.
-    """
-
-    log_px_z: torch.Tensor  # (B,) nats
-    kl_per_group: torch.Tensor  # (B, L) nats
-    log_q_minus_log_p: torch.Tensor  # (B,) nats
-    likelihood: Any  # the p(x|z) distribution, for reconstructions
-    extras: dict | None = None  # model-specific diagnostics (posterior means, ...)
+from hvae_lib.probability.objectives import ModelOutput
 
 
 @contextmanager

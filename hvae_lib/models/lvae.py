@@ -23,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, key, model_family
-from ..distributions import DiagonalGaussian, sum_except_batch
-from ..likelihoods import LikelihoodHead
-from .base import LatentVariableModel, ModelOutput
+from hvae_lib.config import ModelConfig, model_family
+from hvae_lib.config.ranges import key
+from hvae_lib.models.base import LatentVariableModel
+from hvae_lib.probability.gaussian import DiagonalGaussian, sum_except_batch
+from hvae_lib.probability.likelihoods import LikelihoodHead
+from hvae_lib.probability.objectives import ModelOutput
 
 MERGES = ("precision", "learned")
 

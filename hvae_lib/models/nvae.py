@@ -27,14 +27,17 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ModelConfig, key, model_family
-from ..distributions import sum_except_batch
-from ..kl_control import kl_warmup_beta
-from ..layers import (EncoderCell, SpectralRegularizer, WNConv2d, batchnorm_layers, bn_regularizer,
-                      frozen_running_stats, postprocess_cells, preprocess_cells)
-from ..residual_normal import NVAENormal, residual_kl
-from .base import LatentVariableModel, ModelOutput
-from .nvae_parts import OutputHead, TopDownGroup, groups_per_scale, pad_to_canvas
+from hvae_lib.config import ModelConfig, model_family
+from hvae_lib.config.ranges import key
+from hvae_lib.layers.cells import EncoderCell, postprocess_cells, preprocess_cells
+from hvae_lib.layers.norms import WNConv2d, batchnorm_layers, bn_regularizer, frozen_running_stats
+from hvae_lib.layers.spectral import SpectralRegularizer
+from hvae_lib.models.base import LatentVariableModel
+from hvae_lib.models.nvae_parts import OutputHead, TopDownGroup, groups_per_scale, pad_to_canvas
+from hvae_lib.probability.gaussian import sum_except_batch
+from hvae_lib.probability.kl_control import kl_warmup_beta
+from hvae_lib.probability.objectives import ModelOutput
+from hvae_lib.probability.residual_normal import NVAENormal, residual_kl
 
 
 def _checkpoint_contexts():

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import GenerativeCell, WNConv2d
-from ..likelihoods import Bernoulli, DiscretizedLogisticMixture, LikelihoodHead
+from hvae_lib.layers.cells import GenerativeCell
+from hvae_lib.layers.norms import WNConv2d
+from hvae_lib.probability.likelihoods import Bernoulli, DiscretizedLogisticMixture, LikelihoodHead
 
 
 def groups_per_scale(num_scales: int, num_groups: int, adaptive: bool, minimum: int = 1) -> list[int]:
@@ -32,9 +33,9 @@ def flow_cells(num_flows: int, z_channels: int, context_channels: int) -> nn.Mod
     if num_flows == 0:
         return nn.ModuleList()
     try:
-        from ..flows import PairedIAF
+        from hvae_lib.probability.flows import PairedIAF
     except ImportError as err:  # flows.py is a separate module of the library
-        raise ImportError(f"num_flows={num_flows} needs hvae_lib/flows.py (PairedIAF), which failed to import "
+        raise ImportError(f"num_flows={num_flows} needs hvae_lib/probability/flows.py (PairedIAF), which failed to import "
                           f"({err}); set num_flows=0 to train NVAE without flows.") from None
     return nn.ModuleList(PairedIAF(z_channels, context_channels, 6 * z_channels) for _ in range(num_flows))
 
@@ -84,7 +85,7 @@ class OutputHead(nn.Module):
     """Decoder features -> p(x|z): ELU-Conv3x3 (NVAE's ``image_conditional``), cropped to the image.
 
     ``crop`` = (top, left, H, W) of the real image inside the padded canvas; ``kind`` as in
-    :class:`~hvae_lib.likelihoods.LikelihoodHead`.
+    :class:`~hvae_lib.probability.likelihoods.LikelihoodHead`.
     """
 
     def __init__(self, in_channels: int, image_channels: int, kind: str, bits: int, num_mix: int,

@@ -31,11 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, key, model_family
-from ..likelihoods import Bernoulli, DiscretizedLogisticMixture, LikelihoodHead
-from .base import LatentVariableModel, ModelOutput
-from .vdvae_arch import check_pair, parse_decoder, parse_encoder, parse_widths
-from .vdvae_parts import Encoder, TopDownBlock, Unpool, conv, official_init_
+from hvae_lib.config import ModelConfig, model_family
+from hvae_lib.config.ranges import key
+from hvae_lib.models.base import LatentVariableModel
+from hvae_lib.models.vdvae_arch import check_pair, parse_decoder, parse_encoder, parse_widths
+from hvae_lib.models.vdvae_parts import Encoder, TopDownBlock, Unpool, conv, official_init_
+from hvae_lib.probability.likelihoods import Bernoulli, DiscretizedLogisticMixture, LikelihoodHead
+from hvae_lib.probability.objectives import ModelOutput
 
 
 class VDVAE(LatentVariableModel):

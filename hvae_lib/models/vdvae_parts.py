@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributions import DiagonalGaussian
-from .vdvae_arch import EncoderBlockSpec
+from hvae_lib.models.vdvae_arch import EncoderBlockSpec
+from hvae_lib.probability.gaussian import DiagonalGaussian
 
 
 def conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
