@@ -7,7 +7,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 RUN ?= runs/vae_fashion
 COURSE ?= course
 
-.PHONY: setup train test unit notebooks-check notebooks-run sync lab refresh-solutions assignments clean
+.PHONY: setup train test layering architecture unit notebooks-check notebooks-run sync lab refresh-solutions assignments clean
 
 setup: $(STAMP) $(if $(wildcard $(FASHION)),,debian-data)
 
@@ -32,7 +32,15 @@ debian-data:
 train: setup
 	$(PY) -m hvae_lib.train --preset vae_fashion --out $(RUN)
 
-test: setup notebooks-check unit notebooks-run
+test: setup layering notebooks-check unit notebooks-run
+
+# hvae_lib's import contracts (pyproject.toml) and the picture of them in docs/architecture.md.
+layering: setup
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) tools/architecture.py check
+
+architecture: setup
+	$(PY) tools/architecture.py write
 
 unit: setup
 	$(PY) -m pytest tests
