@@ -333,6 +333,7 @@ def execute(root, files):
             resources={"metadata": {"path": str(py.parent)}},  # run where the notebook lives
             record_timing=False,
             store_widget_state=False,  # widget state is random model ids: noise in every diff
+            coalesce_streams=True,  # one print can arrive in several messages on a loaded machine
         )
         rel = ipynb.relative_to(root).as_posix()
         try:
