@@ -21,8 +21,11 @@ import pytest
 import torch
 from test_distributed import SETS, STOP_WORKER, WORKER
 
+from hvae_lib.config import override
+from hvae_lib.models.presets import get_preset
 from hvae_lib.train import torchrun_command
 from hvae_lib.training.checkpoint import load_checkpoint
+from hvae_lib.training.engine import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -146,6 +149,42 @@ def test_sigterm_to_one_node_stops_both_with_one_checkpoint_and_a_resume_line_th
     assert [r[0] for r in results] == [0, 0], "\n".join(r[2][-2000:] for r in results)
     resumed = load_checkpoint(out / "checkpoint.pt")
     assert resumed["step"] == saved["step"] + 2 and resumed["world_size"] == 2
+
+
+# Rank 1 trains into another folder of the same name: what a node sees whose --out is a local disk
+# rather than the shared file system the run folder should be on.
+LOCAL_FOLDER_WORKER = """
+import os, sys
+from hvae_lib.train import main
+
+argv = sys.argv[1:]
+if os.environ["RANK"] == "1":
+    argv[argv.index("--out") + 1] = os.environ["RANK1_OUT"]
+sys.exit(main(argv))
+"""
+
+
+@pytest.mark.slow
+def test_a_node_that_does_not_see_the_run_folder_stops_both_with_one_sentence(tmp_path):
+    """Resuming over two nodes whose run folders differ (rank 0 finds the checkpoint, rank 1 an empty
+    folder): before a step, every rank stops with exit status 2 and one sentence naming both ranks,
+    their hosts and what each found, instead of training on unequal states until a collective hangs."""
+    config = override(get_preset("vae_tiny"), ["quiet=true", "max_steps=1", "eval_every=0", "sample_every=0"])
+    Trainer(config, tmp_path / "shared", resume=False).fit()
+    script = tmp_path / "worker.py"
+    script.write_text(LOCAL_FOLDER_WORKER)
+    train_args = ["--preset", "vae_tiny", "--out", str(tmp_path / "shared"), "--set", "max_steps=3", "--set", "quiet=true"]
+    env = {**ENV, "RANK1_OUT": str(tmp_path / "local")}
+    results = finish(start_two_nodes(node_command(train_args, (str(script),)), env), timeout=240)
+    errors = [line for _, _, err in results for line in err.splitlines() if line.startswith("error: ")]
+    host = socket.gethostname()
+    assert len(errors) == 2 and errors[0] == errors[1], "\n".join(r[2][-2000:] for r in results)
+    assert errors[0] == (f"error: The ranks see different run folders: rank 0 (on {host}) finds a checkpoint at step 1 "
+                         f"at {tmp_path / 'shared' / 'checkpoint.pt'} and rank 1 (on {host}) finds no checkpoint at "
+                         f"{tmp_path / 'local' / 'checkpoint.pt'}; put --out on a file system every node shares "
+                         f"(docs/cluster.md) and run the same command again.")
+    assert "exitcode  : 2" in "".join(err for _, _, err in results)
+    assert load_checkpoint(tmp_path / "shared" / "checkpoint.pt")["step"] == 1, "nothing saved is lost"
 
 
 @pytest.mark.parametrize("cmdline, options", [
