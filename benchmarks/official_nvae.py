@@ -17,6 +17,8 @@ threads) per step; on a loaded machine the CPU time is the steadier of the two. 
   flags (``--dataset mnist`` sizes; its output is given our grey-scale logistic mixture, since the
   official mixture is RGB only and its MNIST likelihood is Bernoulli);
 - ``nvae_mnist`` (batch 8): the paper's MNIST model, the official README command line.
+- ``nvae_cifar10`` (batch 32) and ``nvae_cifar10_tiny`` (batch 4, 16x narrower with 2 groups): the
+  paper's CIFAR-10 model, for ``nvae_side_by_side_gpu.py``, which builds both sides with this file.
 
 One step is zero_grad, forward, loss (reconstruction + KL at coefficient 1 with KL balancing, plus
 lambda times the spectral and BN regularisers), backward and an Adamax step at lr 1e-4 (the
@@ -53,6 +55,21 @@ CONFIGS = {
         "--num_postprocess_cells 3 --num_preprocess_cells 3 --num_cell_per_cond_enc 2 --num_cell_per_cond_dec 2 "
         "--num_latent_per_group 20 --num_preprocess_blocks 2 --num_postprocess_blocks 2 --weight_decay_norm 1e-2 "
         "--num_channels_enc 32 --num_channels_dec 32 --num_nf 0 --ada_groups --num_process_per_node 2 --use_se --res_dist")),
+    # The paper's CIFAR-10 model (NVlabs' README command; 130.9M parameters), at its per-GPU batch of 32.
+    "nvae_cifar10": dict(batch=32, official=(
+        "--dataset cifar10 --num_channels_enc 128 --num_channels_dec 128 --epochs 400 --num_postprocess_cells 2 "
+        "--num_preprocess_cells 2 --num_latent_scales 1 --num_latent_per_group 20 --num_cell_per_cond_enc 2 "
+        "--num_cell_per_cond_dec 2 --num_preprocess_blocks 1 --num_postprocess_blocks 1 --num_groups_per_scale 30 "
+        "--batch_size 32 --weight_decay_norm 1e-2 --num_nf 1 --num_process_per_node 8 --use_se --res_dist")),
+    # The same layout 16x narrower with 2 groups, for a seconds-long CPU run of the GPU comparison.
+    "nvae_cifar10_tiny": dict(batch=4, preset="nvae_cifar10", ours=[
+        "num_channels_enc=8", "num_channels_dec=8", "num_postprocess_cells=1", "num_preprocess_cells=1",
+        "num_latent_per_group=4", "num_cell_per_cond_enc=1", "num_cell_per_cond_dec=1", "num_groups_per_scale=2"],
+        official=(
+        "--dataset cifar10 --num_channels_enc 8 --num_channels_dec 8 --num_postprocess_cells 1 --num_preprocess_cells 1 "
+        "--num_latent_scales 1 --num_latent_per_group 4 --num_cell_per_cond_enc 1 --num_cell_per_cond_dec 1 "
+        "--num_preprocess_blocks 1 --num_postprocess_blocks 1 --num_groups_per_scale 2 --batch_size 4 "
+        "--weight_decay_norm 1e-2 --num_nf 1 --use_se --res_dist")),
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this repository: its hvae_lib is "ours"
 OFFICIAL_FILES = ("model.py", "neural_operations.py", "neural_ar_operations.py", "distributions.py", "utils.py",
@@ -61,12 +78,14 @@ OFFICIAL_FILES = ("model.py", "neural_operations.py", "neural_ar_operations.py",
 
 # ----------------------------------------------------------------------------- the two sides (in workers)
 def images(config: str, shape, batch: int):
-    """The benchmark batch at ``shape`` (C, H, W): random 8-bit grey images (Fashion-MNIST) or
-    binary ones (MNIST), 28x28, zero-padded centrally to H x W when that is larger (as the
-    official MNIST pipeline pads)."""
+    """The benchmark batch at ``shape`` (C, H, W): random 8-bit colour images (CIFAR-10 configs),
+    8-bit grey ones (Fashion-MNIST) or binary ones (MNIST), 28x28, zero-padded centrally to H x W
+    when that is larger (as the official MNIST pipeline pads)."""
     import torch
     import torch.nn.functional as F
     g = torch.Generator().manual_seed(1234)
+    if config.startswith("nvae_cifar10"):
+        return torch.randint(0, 256, (batch, 3, 32, 32), generator=g).float() / 255
     if config == "nvae_fashion":
         x = torch.randint(0, 256, (batch, 1, 28, 28), generator=g).float() / 255
     else:
@@ -109,8 +128,9 @@ def grey_mixture(logits, num_mix: int, num_bits: int):
     return types.SimpleNamespace(log_prob=log_prob)
 
 
-def build_official(src: str, config: str, batch: int):
-    """The official AutoEncoder with the CPU patches of the module docstring, and its loss."""
+def build_official(src: str, config: str, batch: int, device: str = "cpu"):
+    """The official AutoEncoder on ``device`` with the patches of the module docstring (``Tensor.cuda``
+    a no-op only on the CPU), and its loss."""
     import warnings
 
     import torch
@@ -120,7 +140,8 @@ def build_official(src: str, config: str, batch: int):
     stub = types.ModuleType("tensorboardX")
     stub.SummaryWriter = object
     sys.modules.setdefault("tensorboardX", stub)
-    torch.Tensor.cuda = lambda self, *a, **k: self
+    if device == "cpu":
+        torch.Tensor.cuda = lambda self, *a, **k: self
     warnings.filterwarnings("ignore")
     import neural_operations
     neural_operations.SYNC_BN = False
@@ -148,10 +169,11 @@ def build_official(src: str, config: str, batch: int):
             model = official_model.AutoEncoder(args, None, official_utils.get_arch_cells(args.arch_instance))
         finally:
             sys.stdout = stdout
+    model = model.to(device)
     optimizer = torch.optim.Adamax(model.parameters(), args.learning_rate, weight_decay=args.weight_decay, eps=1e-3)
     alpha = official_utils.kl_balancer_coeff(num_scales=model.num_latent_scales,
                                              groups_per_scale=model.groups_per_scale, fun="square")
-    x = images(config, (1, 32, 32), batch)
+    x = images(config, (1, 32, 32), batch).to(device)
 
     def loss(step):
         logits, _, _, kl_all, _ = model(x)
@@ -163,8 +185,8 @@ def build_official(src: str, config: str, batch: int):
     return model, optimizer, loss, x
 
 
-def build_ours(config: str, batch: int, library: str | None):
-    """Our preset's model (``library``: a folder holding another hvae_lib), and the engine's loss at beta 1."""
+def build_ours(config: str, batch: int, library: str | None, device: str = "cpu"):
+    """Our preset's model on ``device`` (``library``: a folder holding another hvae_lib), and the engine's loss at beta 1."""
     if library:
         sys.path.insert(0, library)
     from hvae_lib.data.contract import dataset_info
@@ -172,11 +194,12 @@ def build_ours(config: str, batch: int, library: str | None):
     from hvae_lib.probability.kl_control import kl_objective
     from hvae_lib.probability.objectives import elbo
     from hvae_lib.training.optim import make_optimizer
-    c = get_preset(config)
+    from hvae_lib.config import override
+    c = override(get_preset(CONFIGS[config].get("preset", config)), CONFIGS[config].get("ours", []))
     info = dataset_info(c.data.name)
-    model = c.model.build(info.image_shape, info.bits, info.likelihood)
+    model = c.model.build(info.image_shape, info.bits, info.likelihood).to(device)
     optimizer = make_optimizer(model.parameters(), c.optim)
-    x = images(config, info.image_shape, batch)
+    x = images(config, info.image_shape, batch).to(device)
 
     def loss(step):
         out = model(x)

@@ -39,34 +39,43 @@ sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 from bench_data import random_image_trainer  # noqa: E402
 from official_vdvae import load_official_vdvae  # noqa: E402
+from vdvae_import_check import NORMALISATION, official_hparams  # noqa: E402
 
 from hvae_lib.memory.saved_tensors import count_saved_tensors  # noqa: E402
 
 SMALL = dict(width=128, enc_blocks="32x3,32d2,16x3,16d2,8x3,8d2,4x2,4d4,1x2",
              dec_blocks="1x1,4m1,4x2,8m4,8x3,16m8,16x3,32m16,32x3")
-CIFAR_SHIFT, CIFAR_SCALE = -120.63838, 1 / 64.16736  # official data.py, cifar10
 
 
 class OfficialStep:
-    """The official training step (train.py's training_step and update_ema) on one fixed batch."""
+    """The official training step (train.py's training_step and update_ema), by default on one fixed batch.
 
-    def __init__(self, vae, hps, overrides: dict, images: torch.Tensor):
-        argv = ["--hps", "cifar10"] + sum(([f"--{k}", str(v)] for k, v in overrides.items()), [])
-        H = hps.Hyperparams()
-        hps.parse_args_and_update_hparams(H, hps.add_vae_arguments(argparse.ArgumentParser()), s=argv)
-        H.image_size, H.image_channels = 32, 3
-        self.H = H
-        self.model = vae.VAE(H).train()
-        self.ema = vae.VAE(H)
+    ``preset`` is the official hps name (``cifar10``, ``ffhq256``, ...) and ``images`` (B, C, H, W)
+    8-bit levels; :meth:`prepare` preprocesses another batch as the official data.py does (FFHQ-256's
+    loss target at 5 bits in 8-bit units).
+    """
+
+    def __init__(self, vae, hps, overrides: dict, images: torch.Tensor, preset: str = "cifar10", device: str = "cpu"):
+        H = official_hparams(hps, preset, overrides, images.shape[-1])
+        self.H, self.device = H, device
+        self.model = vae.VAE(H).to(device).train()
+        self.ema = vae.VAE(H).to(device)
         self.ema.load_state_dict(self.model.state_dict())
         self.ema.requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=H.lr, weight_decay=H.wd, betas=(H.adam_beta1, H.adam_beta2))
         warmup = H.warmup_iters
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda it: 1.0 if it > warmup else it / warmup)
-        x = images.permute(0, 2, 3, 1).float()  # (B, H, W, C) in 0..255, official NHWC
-        self.x_in, self.target = (x + CIFAR_SHIFT) * CIFAR_SCALE, (x - 127.5) / 127.5
+        self.prepare(images)
 
-    def step(self) -> None:
+    def prepare(self, images: torch.Tensor) -> None:
+        """The official input and loss target of ``images`` (B, C, H, W) in 0..255, in NHWC on the device."""
+        x = images.permute(0, 2, 3, 1).float().to(self.device)  # (B, H, W, C), official NHWC
+        shift, scale = NORMALISATION[self.H.dataset]
+        target = torch.floor(x / 8) * 8 if self.H.dataset == "ffhq_256" else x
+        self.x_in, self.target = (x + shift) * scale, (target - 127.5) / 127.5
+
+    def step(self) -> float:
+        """One official update; returns the loss (the negative ELBO in nats per dimension)."""
         H = self.H
         self.model.zero_grad()
         stats = self.model.forward(self.x_in, self.target)
@@ -80,6 +89,7 @@ class OfficialStep:
                     p2.data.mul_(H.ema_rate)
                     p2.data.add_(p1.data * (1 - H.ema_rate))
         self.sched.step()
+        return float(stats["elbo"].detach())
 
     def saved_bytes(self) -> int:
         self.model.zero_grad()

@@ -1,7 +1,8 @@
 """``python -m hvae_lib.train --preset P [--set key=value ...] --out DIR``: train, or resume in DIR.
 
-Runs the same on a laptop CPU and under ``torchrun --nproc_per_node=G`` (DDP: NCCL on GPUs, gloo
-on CPU). ``--dry-run`` needs no dataset: it builds the model for the data's shape, prints the
+Runs the same on a laptop CPU, under ``torchrun --nproc_per_node=G`` (DDP: NCCL on GPUs, gloo
+on CPU) and over several machines (one ``torchrun --nnodes=N`` per node with c10d rendezvous, as
+:func:`torchrun_command` builds it; docs/cluster.md has the SLURM and plain-machines recipes). ``--dry-run`` needs no dataset: it builds the model for the data's shape, prints the
 parameter count, the activation memory of one training step and the resolved config, and exits.
 Running the same command again resumes from ``DIR/checkpoint.pt``.
 
@@ -96,13 +97,66 @@ def _size(nbytes: float) -> str:
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command that resumes this run: the same arguments without --fresh (which would start over)."""
-    args = [a for a in argv if a != "--fresh"]
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+def torchrun_command(train_args: list[str], *, nnodes: int, nproc_per_node: int, endpoint: str, run_id: str,
+                     entry: tuple[str, ...] = ("-m", "hvae_lib.train")) -> list[str]:
+    """The command every node of a multi-node run starts: torchrun with c10d rendezvous at ``endpoint``
+    (host:port on the first node), ``nproc_per_node`` processes on this node, each running ``entry``
+    with ``train_args``. The scripts of docs/cluster.md build the same command (tests/test_cluster.py)."""
+    return ["torchrun", f"--nnodes={nnodes}", f"--nproc-per-node={nproc_per_node}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}", *entry, *train_args]
+
+
+def launcher_options(cmdline: list[str]) -> list[str] | None:
+    """The options a torchrun command line gives the launcher (all before its training script), or
+    None when ``cmdline`` (``torchrun ...`` or ``python -m torch.distributed.run ...``) is not torchrun's."""
+    import contextlib
+    import io
+
+    from torch.distributed.run import get_args_parser
+
+    starts = [i + 1 for i, a in enumerate(cmdline)
+              if (a == "torch.distributed.run" and i and cmdline[i - 1] == "-m") or os.path.basename(a) == "torchrun"]
+    if not starts:
+        return None
+    argv = cmdline[starts[0]:]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            parsed = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return None
+    script = len(argv) - len(parsed.training_script_args) - 1  # where the training script stands
+    if script < 0 or argv[script] != parsed.training_script:
+        return None
+    return [a for a in argv[:script] if a not in ("-m", "--module")]
+
+
+def parent_cmdline() -> list[str]:
+    """This process's parent's command line (under torchrun: the launcher's), from Linux's /proc; [] elsewhere."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return [a.decode() for a in f.read().split(b"\0") if a]
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def resume_command(argv: list[str], launcher: list[str] | None = None) -> str:
+    """The command that resumes this run: the same arguments without --fresh (which would start over).
+
+    Under torchrun it is torchrun with the options this node's launcher was given (``launcher``; by
+    default read from the launcher's command line: the rendezvous too, for a multi-node run), to be
+    run on each node as before.
+    """
+    args = shlex.join(a for a in argv if a != "--fresh")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return f"python -m hvae_lib.train {args}"
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    where = f" (on each of the {nodes} nodes)" if nodes > 1 else ""
+    launcher = launcher_options(parent_cmdline()) if launcher is None else launcher
+    if launcher is None:  # not started by torchrun itself, or its command line is out of sight
         local = os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
-        return f"torchrun --nproc_per_node={local} -m hvae_lib.train {shlex.join(args)} (on every node)"
-    return f"python -m hvae_lib.train {shlex.join(args)}"
+        launcher = [f"--nnodes={nodes}", f"--nproc-per-node={local}"]
+        where = f" (on each of the {nodes} nodes, with the rendezvous options it was started with)" if nodes > 1 else ""
+    return f"torchrun {shlex.join(launcher)} -m hvae_lib.train {args}{where}"
 
 
 def main(argv=None) -> int:

@@ -129,13 +129,16 @@ def test_rank_zero_alone_writes_and_batches_shard_in_process(tmp_path):
 
 
 # Each rank notes the step it stopped at and the status main() returns, so the test can see that the
-# ranks agreed and that every one of them left cleanly (a rank stuck in a collective writes nothing).
+# ranks agreed and that every one of them left cleanly (a rank stuck in a collective writes nothing),
+# and the process id of its launcher (tests/test_multinode.py signals the launcher of a given rank).
 STOP_WORKER = textwrap.dedent("""
     import os, sys
     from hvae_lib.training import engine
     from hvae_lib.train import main
 
     fit, rank, dump = engine.Trainer.fit, int(os.environ["RANK"]), os.environ["DUMP"]
+    with open(os.path.join(dump, f"launcher{rank}.txt"), "w") as f:
+        f.write(str(os.getppid()))
 
     def fit_and_note(self):
         try:
@@ -181,5 +184,5 @@ def test_sigterm_to_torchrun_saves_one_checkpoint_at_the_step_the_ranks_agree_on
     assert steps[0] == steps[1] == saved["step"] >= 3, (steps, saved["step"])
     assert saved["world_size"] == 2 and len(saved["rng"]) == 2
     assert stderr.count("Stopped by SIGTERM") == 1 and f"at step {saved['step']} of 100000" in stderr
-    assert "resume with: torchrun --nproc_per_node=2 -m hvae_lib.train" in stderr
+    assert "resume with: torchrun --standalone --nproc_per_node=2 -m hvae_lib.train --preset vae_tiny" in stderr
     assert not list(out.glob(".*.tmp"))

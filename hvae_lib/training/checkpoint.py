@@ -12,11 +12,13 @@ import dataclasses
 import pickle
 import random
 import re
+import socket
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from hvae_lib import __version__
 from hvae_lib.config import from_dict, to_dict
@@ -67,6 +69,44 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             f"train with `python -m hvae_lib.train` to make one."
         )
     return ckpt
+
+
+def load_for_resume(path: Path, resume: bool = True) -> dict | None:
+    """The checkpoint a run resumes from (None to start afresh), the same on every rank under torchrun.
+
+    Every rank reads ``path`` itself, so over several machines the run folder must be on a file system
+    they all see. When the ranks find different things there (a node with its own empty folder of that
+    name, a file another node cannot read), every rank raises the same :class:`CheckpointError` naming
+    two ranks, their hosts and what each found, instead of training on unequal states until a
+    collective hangs.
+    """
+    saved, problem = None, ""
+    if resume and path.exists():
+        try:
+            saved = load_checkpoint(path)
+        except CheckpointError as err:
+            problem = str(err)
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        if problem:
+            raise CheckpointError(problem)
+        return saved
+    views = [None] * dist.get_world_size()  # (step found or None, host, path, error), one per rank
+    view = (saved["step"] if saved is not None else None, socket.gethostname(), str(path), problem)
+    dist.all_gather_object(views, view)
+    problem = next((v[3] for v in views if v[3]), "")
+    if problem:
+        raise CheckpointError(problem)
+    odd = next((r for r, v in enumerate(views) if v[0] != views[0][0]), None)
+    if odd is not None:
+        def found(v):
+            what = f"a checkpoint at step {v[0]}" if v[0] is not None else "no checkpoint"
+            return f"{what} at {v[2]}"
+        raise CheckpointError(
+            f"The ranks see different run folders: rank 0 (on {views[0][1]}) finds {found(views[0])} and rank {odd} "
+            f"(on {views[odd][1]}) finds {found(views[odd])}; put --out on a file system every node shares "
+            f"(docs/cluster.md) and run the same command again."
+        )
+    return saved
 
 
 def checkpoint_state(config, info, model_state: dict, optimizer, scheduler, scaler, *, ema_state: dict | None = None,

@@ -104,7 +104,7 @@ class Trainer(CleanStop):
         if problem:
             raise ConfigError(problem)
         ckpt_path = self.out / "checkpoint.pt"
-        saved = ckpt_io.load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+        saved = ckpt_io.load_for_resume(ckpt_path, resume)  # under torchrun: the same on every rank
         if loss_fn is not None and (config.optim.free_bits > 0 or config.optim.kl_balancing):
             raise ConfigError("A loss_fn replaces the whole KL objective, so free_bits and kl_balancing would be "
                               "ignored: set free_bits=0 and kl_balancing=false, or apply them inside loss_fn.")
