@@ -78,8 +78,10 @@ README = {  # NVlabs' README training commands, model and data flags
                f"--weight_decay_norm_anneal --weight_decay_norm_init 1. --num_x_bits 5 {COMMON}",
 }
 # name: (README command, flags that shrink it for the CPU, expected preset). The multiscale CIFAR-10
-# checkpoint's command is not published: "cifar10_multiscale" is a 2-scale CIFAR-10 model that no
-# preset fits, to check the import from the checkpoint's args alone.
+# checkpoint's command is not published: "cifar10_multiscale_small" is a 2-scale CIFAR-10 model that
+# no preset fits, to check the import from the checkpoint's args alone. A "_small" case keeps the
+# command's layout (scales, cells, flows, bit depth, image size) with fewer channels and groups, so
+# that no preset fits it either and it is built from its flags.
 CASES = {
     "mnist": ("mnist", "", "nvae_mnist"),
     "cifar10": ("cifar10", "", "nvae_cifar10"),
@@ -89,6 +91,11 @@ CASES = {
     "imagenet32": ("imagenet32", "", "nvae_imagenet32"),
     "celebahq256": ("celebahq256", "", "nvae_celebahq256"),
     "ffhq256": ("ffhq256", "", "nvae_ffhq256"),
+    "mnist_small": ("mnist", "--num_channels_enc 8 --num_channels_dec 8 --num_groups_per_scale 4", "nvae_mnist"),
+    "cifar10_small": ("cifar10", "--num_channels_enc 16 --num_channels_dec 16 --num_groups_per_scale 6", "nvae_cifar10"),
+    "celeba64_small": ("celeba64", "--num_channels_enc 8 --num_channels_dec 8 --num_groups_per_scale 4", "nvae_celeba64"),
+    "imagenet32_small": ("imagenet32", "--num_channels_enc 16 --num_channels_dec 16 --num_groups_per_scale 6",
+                         "nvae_imagenet32"),
     "celebahq256_small": ("celebahq256", "--num_channels_enc 8 --num_channels_dec 8 --num_groups_per_scale 4 "
                           "--min_groups_per_scale 1", "nvae_celebahq256"),
     "ffhq256_small": ("ffhq256", "--num_channels_enc 8 --num_channels_dec 8 --num_groups_per_scale 4 "
@@ -287,7 +294,8 @@ def compare(official, case: str, dtype, batch: int, passes: int, temperature: fl
     params = ours.head.conv(s)
     order = ours_params_in_official_order(ours, params)
     top, left, h, w = ours.head.crop
-    result["readjusted_sample_params"] = rel_tensor(order, logits[:, :, top:top + h, left:left + w])
+    crop = (slice(None), slice(None), slice(top, top + h), slice(left, left + w))  # MNIST: 28x28 of the 32x32 canvas
+    result["readjusted_sample_params"] = rel_tensor(order[crop], logits[crop])
     result.update(preset=saved["imported_from"]["preset"], expected_preset=preset, flags=flags,
                   parameters=sum(p.numel() for p in ours.parameters()), batch=batch)
     return result
@@ -309,6 +317,7 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=3, help="BN readjustment passes (NVlabs' evaluate.py runs 500)")
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--jsonl", default=None, help="also append each result to this file as it comes")
     args = p.parse_args()
     missing = [f for f in ("model.py", "neural_operations.py", "neural_ar_operations.py", "distributions.py", "utils.py",
                            "train.py", "thirdparty/swish.py") if not os.path.isfile(os.path.join(args.src, f))]
@@ -329,6 +338,9 @@ def main() -> None:
                     torch.set_default_dtype(torch.float32)
                 r["seconds"] = round(time.perf_counter() - t0, 1)
                 results[f"{case}/{name}"] = r
+                if args.jsonl:
+                    with open(args.jsonl, "a") as f:
+                        f.write(json.dumps({"case": case, "dtype": name, **r, "load_average": os.getloadavg()}) + "\n")
                 figures = {k: v for k, v in r.items() if isinstance(v, float) and k != "seconds"}
                 print(f"{case:26s} {name}: " + "  ".join(f"{k} {v:.1e}" for k, v in figures.items())
                       + f"  preset {r['preset']}  {r['parameters']:,} parameters  {r['seconds']}s", flush=True)

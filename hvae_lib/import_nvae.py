@@ -9,7 +9,7 @@ multiscale CIFAR-10 checkpoint, is built from the namespace's flags over its dat
 ``DIR/checkpoint.pt`` is written with ``official_numerics`` on, so that
 
     python -m hvae_lib.evaluate DIR/checkpoint.pt --iw-samples 1000
-    python -m hvae_lib.sample DIR/checkpoint.pt --temperature 0.6 --readjust-bn
+    python -m hvae_lib.sample DIR/checkpoint.pt --temperature 0.6 --readjust-bn 500
 
 evaluate and sample it as NVlabs' code does, and the printed ``train`` command fine-tunes it (a fresh
 optimiser at step 0). ``benchmarks/nvae_import_check.py`` checks the import against NVlabs' model code.
@@ -53,8 +53,7 @@ def import_released(path, out_path, preset: str | None = None) -> dict:
     config = get_preset(base)
     if config.model.family != "nvae":
         raise ConfigError(f"--preset {base} is a {config.model.family} preset; NVlabs' NVAE weights need an nvae preset.")
-    changes = {k: v for k, v in keys.items() if getattr(config.model, k) != v and k.startswith("num_")}
-    changes |= {k: v for k, v in keys.items() if not k.startswith("num_") and getattr(config.model, k) != v}
+    changes = {k: v for k, v in keys.items() if getattr(config.model, k) != v}  # the flags the preset lacks
     bits = getattr(released["args"], "num_x_bits", 8)
     data = {} if dataset == "mnist" or bits == dataset_info(dataset).bits else {"data.bits": bits}
     config = override(config, {**{f"model.{k}": v for k, v in changes.items()}, "model.official_numerics": True,

@@ -248,18 +248,49 @@ def ours_to_official(model) -> dict:
     return out
 
 
-def _meta_model(config: Config):
-    info = dataset_info(config.data.name, config.data.resolution, config.data.bits)
-    with torch.device("meta"):
-        return config.model.build(tuple(info.image_shape), info.bits, info.likelihood)
+def _count(state: dict, pattern: str) -> int:
+    return len({m.group(1) for k in state if (m := re.fullmatch(pattern, k))})
+
+
+def tensor_signature(state: dict) -> tuple | None:
+    """What NVlabs' tensors say about the architecture, read off a handful of names and shapes: the
+    stem, h_0, the first sampler and the output conv's shapes, and the numbers of groups, flow cells,
+    pre-/post-processing cells and encoder/decoder tower entries (None when they are not there)."""
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    try:
+        shapes = tuple(tuple(state[k].shape) for k in ("stem.weight", "prior_ftr0", "enc_sampler.0.weight",
+                                                        "image_conditional.1.weight"))
+    except (KeyError, AttributeError):
+        return None
+    counts = tuple(_count(state, p) for p in (r"enc_sampler\.(\d+)\.weight", r"nf_cells\.(\d+)\.cell1\.mu\.conv_0\.weight",
+                                              r"pre_process\.(\d+)\..*", r"post_process\.(\d+)\..*",
+                                              r"enc_tower\.(\d+)\..*", r"dec_tower\.(\d+)\..*"))
+    return shapes + counts
+
+
+def config_signature(config: Config) -> tuple:
+    """:func:`tensor_signature` of the model ``config`` describes, computed without building it."""
+    from hvae_lib.models.nvae_parts import groups_per_scale
+
+    m, info = config.model, dataset_info(config.data.name, config.data.resolution, config.data.bits)
+    c, h, _ = info.image_shape
+    depth = 2 ** (m.num_preprocess_blocks + m.num_latent_scales - 1)
+    side = -(-h // depth)
+    groups = sum(groups_per_scale(m.num_latent_scales, m.num_groups_per_scale, m.ada_groups, m.min_groups_per_scale))
+    out = c if info.likelihood == "bernoulli" else m.num_mix * (1 + 3 * c)
+    shapes = ((m.num_channels_enc, c, 3, 3), (m.num_channels_dec * depth, side, side),
+              (2 * m.num_latent_per_group, m.num_channels_enc * depth, 3, 3), (out, m.num_channels_dec, 3, 3))
+    enc = groups * m.num_cell_per_cond_enc + groups - 1 + m.num_latent_scales - 1
+    dec = (groups - 1) * m.num_cell_per_cond_dec + groups + m.num_latent_scales - 1
+    return shapes + (groups, groups * m.num_flows, m.num_preprocess_blocks * m.num_preprocess_cells,
+                     m.num_postprocess_blocks * m.num_postprocess_cells, enc, dec)
 
 
 def find_preset(state: dict) -> str | None:
-    """The NVAE paper preset whose model NVlabs' state_dict fits (names and shapes), or None."""
+    """The NVAE paper preset whose model NVlabs' state_dict fits, read from its tensors' names and
+    shapes (:func:`tensor_signature`; the import then maps every tensor), or None."""
+    signature = tensor_signature(state)
     for name in PAPER_PRESETS:
-        try:
-            official_to_ours(dict(state), _meta_model(get_preset(name)))
+        if signature is not None and config_signature(get_preset(name)) == signature:
             return name
-        except (OfficialCheckpointError, KeyError):
-            continue
     return None
