@@ -14,9 +14,13 @@ import pytest
 import torch
 
 from hvae_lib import evaluate, sample
+from hvae_lib.config import override
+from hvae_lib.data.contract import Datasets, ImageDataset, dataset_info
 from hvae_lib.import_nvae import main
 from hvae_lib.models.nvae import NVAE
 from hvae_lib.models.nvae_official import find_preset, official_key_map, official_to_ours, ours_to_official
+from hvae_lib.models.presets import get_preset
+from hvae_lib.training import engine
 from hvae_lib.training.checkpoint import load_model
 
 FLAGS = dict(dataset="cifar10", num_latent_scales=2, num_groups_per_scale=2, ada_groups=True, min_groups_per_scale=1,
@@ -118,6 +122,21 @@ def test_import_then_evaluate_and_sample(tmp_path, monkeypatch, capsys):
     assert sample.main([str(tmp_path / "run" / "checkpoint.pt"), "--n", "4", "--out", str(out),
                         "--temperature", "0.6", "--readjust-bn", "2"]) == 0
     assert out.stat().st_size > 0
+
+
+def test_the_printed_train_command_fine_tunes_the_import(tmp_path, monkeypatch, capsys):
+    model = perturbed_model()
+    assert main([str(released_file(tmp_path / "checkpoint.pt", model)), "--out", str(tmp_path / "run")]) == 0
+    command = capsys.readouterr().out.split("fine-tune with: ")[1].split()
+    assert command[:5] == ["python", "-m", "hvae_lib.train", "--preset", "nvae_cifar10"]
+    sets = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
+    info = dataset_info("cifar10")
+    images = ImageDataset(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), torch.zeros(16))
+    monkeypatch.setattr(engine, "load_data", lambda config: Datasets(images, images, info))
+    config = override(get_preset("nvae_cifar10"), sets + ["batch_size=8", "max_steps=1", "quiet=true", "precision=fp32"])
+    trainer = engine.Trainer(config, tmp_path / "run", resume=True)  # resumes the imported checkpoint at step 0
+    assert trainer.step == 0 and torch.equal(trainer.model.prior_ftr0, model.prior_ftr0)
+    assert np.isfinite(trainer.train_step()["loss"])
 
 
 def test_a_checkpoint_no_preset_fits_is_built_from_its_flags_and_the_mnist_one_from_the_preset(tmp_path):
