@@ -13,8 +13,10 @@ with our command and evaluates both models on the same images (official preproce
 images in [0, 1] on the other) and the same noise (the same seed, consumed in the same order):
 per-layer KL and the ELBO, in nats per dimension, must agree to 1e-4 relative.
 
-``ffhq256`` is compared on its KLs only, with our encoder fed the official 8-bit input: our FFHQ-256
-likelihood is the normalised 5-bit one, which the official loss is not (see hvae_lib.models.vdvae).
+``ffhq256`` and ``ffhq256_small`` (FFHQ-256's official model at width 32 with one block per
+resolution, for the CPU) compare the distortion too: the import chooses openai's FFHQ-256 grid for
+them (``official_grid``, 8-bit encoder input; see hvae_lib.models.vdvae), so our loss is the
+official one.
 The last stdout line is one JSON object.
 """
 from __future__ import annotations
@@ -50,7 +52,11 @@ CASES = {
     "cifar10": ("cifar10", {}, "vdvae_cifar10", {}, 32, True),
     "imagenet32": ("imagenet32", {}, "vdvae_imagenet32", {}, 32, True),
     "imagenet64": ("imagenet64", {}, "vdvae_imagenet64", {}, 64, True),
-    "ffhq256": ("ffhq256", {}, "vdvae_ffhq256", {}, 256, False),
+    "ffhq256": ("ffhq256", {}, "vdvae_ffhq256", {}, 256, True),
+    "ffhq256_small": ("ffhq256", dict(width=32, enc_blocks="256x1,256d2,128x1,128d2,64x1,64d2,32x1,32d2,16x1,16d2,"
+                                                          "8x1,8d2,4x1,4d4,1x1",
+                                      dec_blocks="1x1,4m1,4x1,8m4,8x1,16m8,16x1,32m16,32x1,64m32,64x1,128m64,128x1,256m128"),
+                      "vdvae_ffhq256", {}, 256, True),
 }
 # official data.py: input shift and scale per dataset (ffhq_1024 works on x / 255)
 NORMALISATION = {"cifar10": (-120.63838, 1 / 64.16736), "imagenet32": (-116.2373, 1 / 69.37404),

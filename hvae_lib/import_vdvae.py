@@ -13,6 +13,9 @@ and writes ``DIR/checkpoint.pt`` with the preset's config and the official input
 
 work on it, and ``python -m hvae_lib.train --preset P --out DIR`` fine-tunes it (a fresh optimiser at
 step 0). The preset is found from the tensors' names and shapes when ``--preset`` is not given.
+FFHQ-256 weights are evaluated exactly as they were trained: openai's grid and 8-bit encoder input
+(``official_grid``, ``data.bits=8``) on openai's seed-5 split, which ``results.json`` and
+``evaluate``'s JSON state; fine-tune them with ``--set official_grid=true --set bits=8``.
 ``benchmarks/vdvae_import_check.py`` checks the import against the official model code.
 """
 from __future__ import annotations
@@ -38,6 +41,9 @@ from hvae_lib.models.vdvae_official import (
 from hvae_lib.training import checkpoint as ckpt_io
 from hvae_lib.training.optim import make_optimizer, make_scheduler
 
+OFFICIAL_PROTOCOL = {"vdvae_ffhq256": ["official_grid=true", "bits=8"]}  # the preset's split is openai's already
+GRID_NOTE = "; evaluated on openai's FFHQ-256 grid (official_grid: 8-bit encoder input) and its seed-5 split"
+
 
 def import_checkpoint(ema_path, out_path, model_path=None, preset: str | None = None, overrides=()) -> dict:
     """Write an hvae_lib checkpoint at ``out_path`` from official files; return a summary."""
@@ -54,10 +60,13 @@ def import_checkpoint(ema_path, out_path, model_path=None, preset: str | None = 
             preset = find_preset(states["EMA"])
         except OfficialWeightsError as err:
             raise OfficialWeightsError(f"{ema_path} cannot be imported: {err}.") from None
-    config = override(get_preset(preset), list(overrides))
+    # openai's FFHQ-256 weights are evaluated as they were trained: its grid and 8-bit encoder input
+    # (--set official_grid=false --set bits=0 gives the library's normalised 5-bit grid instead).
+    protocol = OFFICIAL_PROTOCOL.get(preset, [])
+    config = override(get_preset(preset), protocol + list(overrides))
     if config.model.family != "vdvae":
         raise ConfigError(f"--preset {preset} is a {config.model.family} preset; official VDVAE weights need a vdvae preset.")
-    info = dataset_info(config.data.name, config.data.resolution)
+    info = dataset_info(config.data.name, config.data.resolution, config.data.bits)
     model = build_model(config, info)
     converted = {}
     for role, state in states.items():
@@ -74,7 +83,7 @@ def import_checkpoint(ema_path, out_path, model_path=None, preset: str | None = 
         imported_from={"ema": str(ema_path), "model": str(model_path) if model_path else None})
     ckpt_io.save_atomic(state, out_path)
     return {"preset": preset, "parameters": sum(p.numel() for p in model.parameters()), "out": str(out_path),
-            "raw_weights": "raw" in states}
+            "raw_weights": "raw" in states, "official_grid": getattr(config.model, "official_grid", False)}
 
 
 def main(argv=None) -> int:
@@ -94,7 +103,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"imported {summary['parameters']:,} parameters as preset {summary['preset']} into {summary['out']}"
-          f"{'' if summary['raw_weights'] else ' (EMA weights only: they serve as the raw weights too)'}")
+          f"{'' if summary['raw_weights'] else ' (EMA weights only: they serve as the raw weights too)'}"
+          f"{GRID_NOTE if summary['official_grid'] else ''}")
     return 0
 
 

@@ -58,7 +58,7 @@ def activation_bytes(config) -> tuple[float, float, object]:
     from hvae_lib.training.engine import PRECISIONS
 
     try:
-        info = dataset_info(config.data.name, config.data.resolution)
+        info = dataset_info(config.data.name, config.data.resolution, config.data.bits)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     torch.manual_seed(config.run.seed)

@@ -69,13 +69,13 @@ def test_dry_run_memory_is_the_measured_memory_at_the_full_batch(monkeypatch):
     from hvae_lib import data
     from hvae_lib.memory.saved_tensors import count_saved_tensors
     from hvae_lib.probability.objectives import elbo
-    from hvae_lib.training import engine
+    from hvae_lib.training import data as training_data
 
     def no_data(*args, **kwargs):
         raise AssertionError("the dry run read the dataset")
 
     monkeypatch.setattr(data, "load_dataset", no_data)
-    monkeypatch.setattr(engine, "load_dataset", no_data)
+    monkeypatch.setattr(training_data, "load_dataset", no_data)
     config = get_preset("lvae_tiny")
     fixed, per_image, model = train.activation_bytes(config)
     x = torch.rand(32, 3, 16, 16)  # (B, C, H, W)

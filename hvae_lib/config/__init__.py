@@ -69,6 +69,9 @@ class DataConfig:
     train_limit: int = key(0, at_least=0)  # 0 = the whole split
     test_limit: int = key(0, at_least=0)
     horizontal_flip: bool = False  # mirror training images at random (NVAE's augmentation of CIFAR-10)
+    bits: int = key(0, at_least=0, at_most=8)  # 0: the dataset's own bit depth; else reduce (or keep FFHQ-256 at 8)
+    vdvae_split: bool = False  # openai/vdvae's held-out split: CIFAR-10 45k/5k validation, FFHQ-256 seed-5 63k/7k
+    imagenet_variant: str = key("any", one_of=("any", "oord", "chrabaszcz"))  # what a paper used; another warns once
 
 
 @dataclass

@@ -6,11 +6,16 @@ float32 (3, H, W) in [0, 1] on the 2^bits grid. It cannot be downloaded automati
 says in one sentence where to put which files.
 
 ``ffhq_256`` / ``ffhq_1024`` come from ``<root>/ffhq/``: NVlabs' ``images1024x1024`` PNGs (any
-subfolders, named 00000.png .. 69999.png), split as openai/vdvae's ``setup_ffhq1024.sh`` does
-(65,000 train, the last 5,000 test; for FFHQ-256 the official code split its own .npy copy at random
-instead). Images are read when used, resized with PIL's bilinear filter (torchvision's ``Resize``,
-which NVAE and the official FFHQ-256 copy used) when larger than the target, and FFHQ-256 is reduced
-to 5 bits as the official ``setup_ffhq256.sh`` says: k = floor(x_255 / 8), served as k / 31.
+subfolders, named 00000.png .. 69999.png) or, for ``ffhq_256``, openai/vdvae's ``ffhq-256.npy``
+(70,000 x 256 x 256 x 3, the PNGs in their numbered order, downsampled as NVAE does; memory-mapped).
+By default 00000-64999 train and 65000-69999 test, which is how openai/vdvae's
+``setup_ffhq1024.sh`` splits FFHQ-1024. ``vdvae_split=True`` gives FFHQ-256's own official split
+instead (:mod:`hvae_lib.data.splits`: a seed-5 permutation, 63,000 train and 7,000 held out as
+validation and test), the one openai's FFHQ-256 weights were trained and evaluated on. Images are
+read when used, resized with PIL's bilinear filter (torchvision's ``Resize``, which NVAE and the
+official FFHQ-256 copy used) when larger than the target, and FFHQ-256 is reduced to 5 bits as the
+official ``setup_ffhq256.sh`` says: k = floor(x_255 / 8), served as k / 31 (``bits=8`` keeps the
+8-bit image, what openai's FFHQ-256 encoder reads).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hvae_lib.data.contract import DatasetUnavailableError, dataset_info
+from hvae_lib.data.splits import ffhq256_vdvae_split
 
 FFHQ_TEST_FROM = 65_000  # openai/vdvae: 00000-64999 train, 65000-69999 valid (= test)
 FFHQ_IMAGES = 70_000
@@ -60,24 +66,78 @@ class ImageFiles(Dataset):
         return x.float() / (2**self.bits - 1), 0
 
 
-def load_ffhq(name: str, root: Path) -> tuple[ImageFiles, ImageFiles]:
-    """Train and test splits of ``ffhq_256`` or ``ffhq_1024`` from the PNGs in ``root/ffhq/``."""
-    info = dataset_info(name)
+class ArrayImages(Dataset):
+    """Images ``array[index]`` of a uint8 (N, H, W, 3) array (memory-mapped), served as ImageFiles
+    serves them; ``images`` holds the indices (slicing it keeps the first N)."""
+
+    def __init__(self, array: np.ndarray, indices, bits: int = 8):
+        self.array, self.images, self.bits = array, np.asarray(indices), bits
+        self.labels = torch.zeros(len(self.images), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(np.array(self.array[int(self.images[i])])).permute(2, 0, 1)  # (3, H, W) uint8
+        if self.bits < 8:
+            x = torch.div(x, 2 ** (8 - self.bits), rounding_mode="floor")
+        return x.float() / (2**self.bits - 1), 0
+
+
+def _openai_npy(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r")
+    except ValueError as err:
+        raise DatasetUnavailableError(f"{path} is not a NumPy .npy array ({err}); download it again.") from None
+    if array.dtype != np.uint8 or array.shape != (FFHQ_IMAGES, 256, 256, 3):
+        raise DatasetUnavailableError(f"{path} holds a {array.dtype} array of shape {array.shape}, not openai/vdvae's "
+                                      f"FFHQ-256 copy (uint8, ({FFHQ_IMAGES}, 256, 256, 3)); download it again.")
+    return array
+
+
+def load_ffhq(name: str, root: Path, bits: int = 0, vdvae_split: bool = False):
+    """Train and test splits of ``ffhq_256`` or ``ffhq_1024`` from ``root/ffhq/``, and notes saying
+    which files and split were used."""
+    info = dataset_info(name, bits=bits)
     folder = root / "ffhq"
+    npy = folder / "ffhq-256.npy"
+    if vdvae_split and name != "ffhq_256":
+        raise ValueError("data.vdvae_split applies to cifar10 and ffhq_256 (openai/vdvae evaluates FFHQ-1024 on "
+                         "images 65000-69999, this loader's default); set it to false.")
+    if name == "ffhq_256" and npy.is_file():
+        array = _openai_npy(npy)
+        train, test = ffhq256_vdvae_split() if vdvae_split else (np.arange(FFHQ_TEST_FROM), np.arange(FFHQ_TEST_FROM, FFHQ_IMAGES))
+        return ArrayImages(array, train, info.bits), ArrayImages(array, test, info.bits), _notes(npy.name, vdvae_split)
     numbered = {}
     if folder.is_dir():
         for path in folder.rglob("*.png"):
             if re.fullmatch(r"\d{5}", path.stem) and int(path.stem) < FFHQ_IMAGES:
                 numbered[int(path.stem)] = path
-    train = [numbered[k] for k in sorted(numbered) if k < FFHQ_TEST_FROM]
-    test = [numbered[k] for k in sorted(numbered) if k >= FFHQ_TEST_FROM]
+    if vdvae_split and numbered and len(numbered) < FFHQ_IMAGES:
+        raise DatasetUnavailableError(
+            f"data.vdvae_split needs all {FFHQ_IMAGES:,} FFHQ images (openai/vdvae's split is a permutation of all of "
+            f"them) but {folder} holds {len(numbered):,}: put the whole images1024x1024 folder (or openai/vdvae's "
+            f"ffhq-256.npy) there, or set data.vdvae_split=false.")
+    if vdvae_split and numbered:
+        train_idx, test_idx = ffhq256_vdvae_split()
+        train, test = [numbered[k] for k in train_idx], [numbered[k] for k in test_idx]
+    else:
+        train = [numbered[k] for k in sorted(numbered) if k < FFHQ_TEST_FROM]
+        test = [numbered[k] for k in sorted(numbered) if k >= FFHQ_TEST_FROM]
     if not train or not test:
         found = f"only {len(numbered)} numbered PNGs, none {'below' if not train else 'from'} {FFHQ_TEST_FROM:05d}" \
             if numbered else "no numbered PNGs"
         raise DatasetUnavailableError(
             f"FFHQ was not found in {folder} ({found}) and cannot be downloaded automatically: download the "
             f"images1024x1024 folder of https://github.com/NVlabs/ffhq-dataset (70,000 PNGs, 00000.png .. 69999.png) "
-            f"and put it, subfolders and all, in {folder}/; 00000-64999 train and 65000-69999 test both "
-            f"ffhq_256 and ffhq_1024.")
+            f"and put it, subfolders and all, in {folder}/ (for ffhq_256, openai/vdvae's ffhq-256.npy there "
+            f"serves too); 00000-64999 train and 65000-69999 test both ffhq_256 and ffhq_1024.")
     resolution = info.image_shape[1]
-    return ImageFiles(train, resolution, info.bits), ImageFiles(test, resolution, info.bits)
+    return (ImageFiles(train, resolution, info.bits), ImageFiles(test, resolution, info.bits),
+            _notes("NVlabs' PNGs", vdvae_split))
+
+
+def _notes(files: str, vdvae_split: bool) -> dict:
+    split = ("openai/vdvae's seed-5 permutation: 63,000 train, 7,000 held out (validation = test)" if vdvae_split
+             else "00000-64999 train, 65000-69999 test")
+    return {"ffhq_files": files, "split": split}

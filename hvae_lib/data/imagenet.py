@@ -12,6 +12,12 @@ each holding ``data``, uint8 rows of the R, G and B planes, and 1-based ``labels
 ``setup_imagenet.sh`` made from van den Oord et al.'s version (the one its paper reports on; the
 .npy files are memory-mapped). Train: the whole training set (the official code holds 5,000 of
 it out for validation); test: the validation set, as published numbers.
+
+The two variants are different downsamplings (van den Oord et al.'s box resize against Chrabaszcz
+et al.'s), so their bits/dim are not comparable; :func:`load_imagenet` says which it read
+(``notes["imagenet_variant"]``: ``"oord"`` or ``"chrabaszcz"``), a run records it in
+``results.json``, and a paper preset (``data.imagenet_variant="oord"``) warns in one line when it
+gets the other.
 """
 from __future__ import annotations
 
@@ -76,8 +82,13 @@ def _read_npy(path: Path, resolution: int) -> torch.Tensor:
         return torch.from_numpy(array).permute(0, 3, 1, 2)  # (N, 3, r, r)
 
 
-def load_imagenet(name: str, root: Path) -> tuple[ImageDataset, ImageDataset]:
-    """Train and test splits of ``imagenet32`` or ``imagenet64`` from ``root/<name>/``."""
+VARIANTS = {"oord": "van den Oord et al.'s (openai/vdvae's .npy files; the papers' variant)",
+            "chrabaszcz": "Chrabaszcz et al.'s (image-net.org's .npz batches)"}
+
+
+def load_imagenet(name: str, root: Path) -> tuple[ImageDataset, ImageDataset, dict]:
+    """Train and test splits of ``imagenet32`` or ``imagenet64`` from ``root/<name>/``, and notes
+    saying which variant was read."""
     resolution = dataset_info(name).image_shape[1]
     folder = root / name
     npz_train = [folder / f"train_data_batch_{i}.npz" for i in range(1, IMAGENET_TRAIN_BATCHES + 1)]
@@ -86,7 +97,7 @@ def load_imagenet(name: str, root: Path) -> tuple[ImageDataset, ImageDataset]:
     if npy_train.is_file() and npy_test.is_file():
         train, test = _read_npy(npy_train, resolution), _read_npy(npy_test, resolution)
         return (ImageDataset(train, torch.zeros(len(train), dtype=torch.long)),
-                ImageDataset(test, torch.zeros(len(test), dtype=torch.long)))
+                ImageDataset(test, torch.zeros(len(test), dtype=torch.long)), {"imagenet_variant": "oord"})
     present = [p.name for p in (*npz_train, npz_test) if p.is_file()]
     if len(present) < IMAGENET_TRAIN_BATCHES + 1:
         missing = [p.name for p in (*npz_train, npz_test) if not p.is_file()]
@@ -99,4 +110,4 @@ def load_imagenet(name: str, root: Path) -> tuple[ImageDataset, ImageDataset]:
             f"(or put openai/vdvae's {npy_train.name} and {npy_test.name} there).")
     tr_x, tr_y = _read_npz_batches(npz_train, resolution)
     te_x, te_y = _read_npz_batches([npz_test], resolution)
-    return ImageDataset(tr_x, tr_y), ImageDataset(te_x, te_y)
+    return ImageDataset(tr_x, tr_y), ImageDataset(te_x, te_y), {"imagenet_variant": "chrabaszcz"}

@@ -16,6 +16,16 @@ multiple (32x32) and the likelihood is cropped back, so log p(x|z) covers exactl
 as the official ``reconstruction_loss(..., crop=True)`` does. Binary images are padded with
 background (0), which is what the official MNIST pipeline's ``Pad(2)`` feeds the network; others
 by reflection.
+
+``official_numerics`` reproduces two details of NVlabs' code that the paper does not have, so that a
+released checkpoint scores exactly as it did there (``python -m hvae_lib.import_nvae`` sets it):
+the top group's prior is N(0, (1.01 t)^2), because the official ``Normal(0, log_sigma=0)`` adds its
+sigma floor of 0.01, and the logistic mixture's top edge bin begins at 0.99 in [-1, 1], so the
+8-bit value 254 (0.992) is scored as the upper tail P(x >= 253.5) rather than its own bin; and its
+flow cells' mirror reverses the pixel order but not the channel order, with an ELU applied twice
+before each cell's head (:class:`~hvae_lib.probability.flows.IAFCell`, ``nvlabs``). Off by
+default: trained from scratch, the prior is the paper's N(0, I), the likelihood normalised and the
+mirror cell the exact reverse of the first.
 """
 from __future__ import annotations
 
@@ -64,7 +74,7 @@ class NVAE(LatentVariableModel):
                  num_preprocess_blocks: int = 1, num_preprocess_cells: int = 2, num_postprocess_blocks: int = 1,
                  num_postprocess_cells: int = 2, num_mix: int = 10, num_flows: int = 0, flow_context: bool = False,
                  use_se: bool = True, weight_decay_norm: float = 1e-2, weight_decay_norm_init: float = 10.0,
-                 weight_decay_norm_anneal_steps: int = 0, residual_normal: bool = True):
+                 weight_decay_norm_anneal_steps: int = 0, residual_normal: bool = True, official_numerics: bool = False):
         super().__init__(image_shape, bits)
         c, h, w = self.image_shape
         if num_preprocess_blocks != num_postprocess_blocks or num_preprocess_cells < 1 or num_postprocess_cells < 1:
@@ -83,6 +93,10 @@ class NVAE(LatentVariableModel):
         self.weight_decay_norm_anneal_steps = weight_decay_norm_anneal_steps
         # residual_normal=False is Chapter 4's ablation: q = N(mu, sigma^2) from the encoder alone.
         self.residual_normal = residual_normal
+        # NVlabs' code (what an imported checkpoint was trained and evaluated with), where it differs from
+        # ours (see the module docstring): the top prior, the mixture's top bin, the flows' mirror order.
+        self.official_numerics = official_numerics
+        self.top_prior_sigma = 1.0 + 0.01 * official_numerics
         # The elementwise KL(q || p) as a function of (dmu, dsigma, sigma_p); Chapter 4 swaps in the student's.
         self.kl_function = residual_kl
         z_ch, pre, scales = num_latent_per_group, num_preprocess_blocks, num_latent_scales
@@ -112,7 +126,7 @@ class NVAE(LatentVariableModel):
                 upsample = g == n_groups - 1 and d < scales - 1
                 self.groups.append(TopDownGroup(c_dec, c_enc_d, z_ch, num_cell_per_cond_dec, is_top=d == 0 and g == 0,
                                                 upsample=upsample, num_flows=num_flows, flow_context=flow_context,
-                                                use_se=use_se))
+                                                use_se=use_se, nvlabs_flows=official_numerics))
                 shapes.append((z_ch, *hw))
             if d < scales - 1:
                 c_dec, hw = c_dec // 2, (hw[0] * 2, hw[1] * 2)
@@ -124,7 +138,7 @@ class NVAE(LatentVariableModel):
         self.register_buffer("kl_balance_alpha", alpha / alpha.min(), persistent=False)
         self.postprocess, c_out = postprocess_cells(c_dec, num_postprocess_blocks, num_postprocess_cells, use_se)
         crop = ((self.canvas[0] - h) // 2, (self.canvas[1] - w) // 2, h, w)
-        self.head = OutputHead(c_out, c, likelihood, bits, num_mix, crop)
+        self.head = OutputHead(c_out, c, likelihood, bits, num_mix, crop, top_edge=0.99 if official_numerics else None)
 
         # Regularisers over every conv and every BN layer of the model (Chapter 4).
         self.spectral = SpectralRegularizer([m for m in self.modules() if isinstance(m, nn.Conv2d)])
@@ -169,14 +183,15 @@ class NVAE(LatentVariableModel):
         """
         device = self.prior_ftr0.device
         s = self.prior_ftr0.unsqueeze(0).expand(n, -1, -1, -1).contiguous(memory_format=torch.channels_last)  # (B, C, h0, w0)
-        kl, means, log_ratio = [], [], torch.zeros(n, device=device)
+        dtype = torch.promote_types(self.prior_ftr0.dtype, torch.float32)
+        kl, means, log_ratio = [], [], torch.zeros(n, device=device, dtype=dtype)
         for idx, group in enumerate(self.groups):
             for cell in group.cells:
                 s = self.checkpointed(cell, s)
             t = 1.0 if idx < num_posterior else temperature
             prior_params = None if group.is_top else group.prior(s)  # (B, 2Z, h, w) raw
             if group.is_top:
-                p = NVAENormal.standard((n, *self.group_shapes[idx]), device, t)
+                p = NVAENormal.standard((n, *self.group_shapes[idx]), device, t * self.top_prior_sigma, dtype)
             else:
                 p = NVAENormal.from_params(prior_params, t)
             if idx < num_posterior:
@@ -284,6 +299,12 @@ class NVAEConfig(ModelConfig):
     weight_decay_norm_init: float = key(10.0, at_least=0)  # lambda at the start when annealed
     weight_decay_norm_anneal_steps: int = key(0, at_least=0)  # 0: constant lambda; else anneal with a KL warm-up of this length
     residual_normal: bool = True  # False: q from the encoder alone, not relative to the prior (Chapter 4's ablation)
+    official_numerics: bool = False  # NVlabs' top prior N(0, 1.01^2), top mixture bin and flow cells (set by import_nvae)
+
+    def describe_protocol(self) -> str:
+        """What results.json says about the evaluation when it is not the library's own."""
+        return ("NVlabs' NVAE numerics: top prior N(0, 1.01^2), mixture top bin from x > 0.99 (8-bit 254 scored "
+                "as the upper tail), NVlabs' flow cells") if self.official_numerics else ""
 
     def build(self, image_shape, bits, likelihood):
         kwargs = {k: v for k, v in asdict(self).items() if k != "family"}

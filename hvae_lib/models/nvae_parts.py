@@ -28,8 +28,9 @@ def groups_per_scale(num_scales: int, num_groups: int, adaptive: bool, minimum: 
     return groups
 
 
-def flow_cells(num_flows: int, z_channels: int, context_channels: int) -> nn.ModuleList:
-    """``num_flows`` paired IAF cells for one group (Chapter 4, "flows"); empty when num_flows = 0."""
+def flow_cells(num_flows: int, z_channels: int, context_channels: int, nvlabs: bool = False) -> nn.ModuleList:
+    """``num_flows`` paired IAF cells for one group (Chapter 4, "flows"); empty when num_flows = 0.
+    ``nvlabs``: NVlabs' cells exactly (see :class:`~hvae_lib.probability.flows.IAFCell`)."""
     if num_flows == 0:
         return nn.ModuleList()
     try:
@@ -37,7 +38,7 @@ def flow_cells(num_flows: int, z_channels: int, context_channels: int) -> nn.Mod
     except ImportError as err:  # flows.py is a separate module of the library
         raise ImportError(f"num_flows={num_flows} needs hvae_lib/probability/flows.py (PairedIAF), which failed to import "
                           f"({err}); set num_flows=0 to train NVAE without flows.") from None
-    return nn.ModuleList(PairedIAF(z_channels, context_channels, 6 * z_channels) for _ in range(num_flows))
+    return nn.ModuleList(PairedIAF(z_channels, context_channels, 6 * z_channels, nvlabs=nvlabs) for _ in range(num_flows))
 
 
 class TopDownGroup(nn.Module):
@@ -52,14 +53,14 @@ class TopDownGroup(nn.Module):
     """
 
     def __init__(self, c_dec: int, c_enc: int, z_channels: int, num_cells: int, is_top: bool, upsample: bool,
-                 num_flows: int = 0, flow_context: bool = False, use_se: bool = True):
+                 num_flows: int = 0, flow_context: bool = False, use_se: bool = True, nvlabs_flows: bool = False):
         super().__init__()
         self.is_top = is_top
         self.cells = nn.ModuleList(GenerativeCell(c_dec, use_se=use_se) for _ in range(0 if is_top else num_cells))
         self.prior = None if is_top else nn.Sequential(nn.ELU(), WNConv2d(c_dec, 2 * z_channels, 1))
         self.enc_combiner = None if is_top else WNConv2d(c_dec, c_enc, 1)
         self.posterior = WNConv2d(c_enc, 2 * z_channels, 3)
-        self.flows = flow_cells(num_flows, z_channels, c_enc if flow_context else 0)
+        self.flows = flow_cells(num_flows, z_channels, c_enc if flow_context else 0, nvlabs_flows)
         self.flow_context = flow_context
         self.dec_combiner = WNConv2d(c_dec + z_channels, c_dec, 1)
         self.up = GenerativeCell(c_dec, upsample=True, use_se=use_se) if upsample else None
@@ -69,12 +70,12 @@ class TopDownGroup(nn.Module):
         return enc if self.enc_combiner is None else enc + self.enc_combiner(s)
 
     def apply_flows(self, z: torch.Tensor, feature: torch.Tensor):
-        """z after the flows and the summed log|det| (B,), float32."""
-        log_det = torch.zeros(z.shape[0], device=z.device)
+        """z after the flows and the summed log|det| (B,), float32 (float64 for float64 z)."""
+        log_det = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
         context = feature if self.flow_context else None
         for flow in self.flows:
             z, ld = flow(z, context)
-            z, log_det = z.float(), log_det + ld.float()
+            z, log_det = z.to(log_det.dtype), log_det + ld.to(log_det.dtype)
         return z, log_det
 
     def combine(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -89,21 +90,24 @@ class OutputHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, image_channels: int, kind: str, bits: int, num_mix: int,
-                 crop: tuple[int, int, int, int]):
+                 crop: tuple[int, int, int, int], top_edge: float | None = None):
         super().__init__()
         if kind not in LikelihoodHead.KINDS:
             raise ValueError(f"Unknown likelihood {kind!r}; expected one of {', '.join(LikelihoodHead.KINDS)}.")
         self.kind, self.image_channels, self.bits, self.crop = kind, image_channels, bits, crop
+        self.top_edge = top_edge  # None: the proper top bin; NVlabs' code: 0.99 in [-1, 1] (see NVAE)
         out = image_channels if kind == "bernoulli" else DiscretizedLogisticMixture.param_channels(image_channels, num_mix)
         self.conv = nn.Sequential(nn.ELU(), WNConv2d(in_channels, out, 3))
 
     def forward(self, features: torch.Tensor, temperature: float = 1.0):
         top, left, h, w = self.crop
-        params = self.conv(features)[:, :, top:top + h, left:left + w].float()  # (B, P, H, W)
+        params = self.conv(features)[:, :, top:top + h, left:left + w]  # (B, P, H, W)
+        params = params.to(torch.promote_types(params.dtype, torch.float32))
         if self.kind == "bernoulli":
             # A Bernoulli at temperature t: p^(1/t) renormalised, i.e. logits / t (t < 1 sharpens).
             return Bernoulli(params / temperature if temperature != 1.0 else params)
-        return DiscretizedLogisticMixture(params, self.image_channels, self.bits)
+        return DiscretizedLogisticMixture(params, self.image_channels, self.bits, dtype=params.dtype,
+                                          top_edge=self.top_edge)
 
 
 def pad_to_canvas(x: torch.Tensor, canvas: tuple[int, int], value: float | None = None) -> torch.Tensor:

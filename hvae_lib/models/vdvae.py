@@ -21,6 +21,13 @@ Deliberate differences from the official code: NCHW images in [0, 1] (it takes N
 sigmas only (as the official ``forward_uncond``), samples are rounded to the bit depth's grid; a
 5-bit likelihood on the normalised 5-bit grid (the official FFHQ-256 loss spaces its 32 bins 8/255
 apart but gives them the width 2/31, and its encoder sees the unquantised 8-bit image).
+
+``official_grid`` is that official FFHQ-256 loss, for openai's released FFHQ-256 weights (what
+``python -m hvae_lib.import_vdvae`` chooses for them): the model takes 8-bit images (``data.bits=8``),
+its encoder reads them as they are, and the likelihood scores the target 8 floor(x_255 / 8), i.e.
+(8k - 127.5) / 127.5 in [-1, 1], with bins of half-width 1/31 and edge bins below -0.999 and above
+0.999 (never reached: the top target is 0.945), so its probabilities do not sum to one and its
+"bits/dim" is not a 5-bit likelihood. Training from scratch keeps the normalised 5-bit grid.
 """
 from __future__ import annotations
 
@@ -49,7 +56,7 @@ class VDVAE(LatentVariableModel):
                  dec_blocks: str = "1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21", bottleneck_multiple: float = 0.25,
                  custom_width_str: str = "", no_bias_above: int = 64, num_mixtures: int = 10,
                  input_mean: float = 127.5, input_std: float = 127.5, scale_residuals: bool = True,
-                 unpool: str = "nearest"):
+                 unpool: str = "nearest", official_grid: bool = False):
         super().__init__(image_shape, bits)
         c, h, w = self.image_shape
         _check_values(h, w, width, zdim, bottleneck_multiple, num_mixtures, input_std, unpool, likelihood)
@@ -57,6 +64,10 @@ class VDVAE(LatentVariableModel):
         enc_specs, dec_specs = parse_encoder(enc_blocks, h), parse_decoder(dec_blocks, h)
         check_pair(enc_specs, dec_specs, enc_blocks, dec_blocks)
         self.input_mean, self.input_std = float(input_mean), float(input_std)
+        if official_grid and (bits != 8 or likelihood != "logistic_mixture"):
+            raise ValueError(f"model.official_grid (openai's FFHQ-256 loss) reads 8-bit images, but the data is at "
+                             f"{bits} bits: set data.bits=8 (and keep the logistic mixture).")
+        self.official_grid = official_grid
         self.encoder = Encoder(c, enc_specs, widths, bottleneck_multiple)
 
         n_dec = len(dec_specs)
@@ -138,7 +149,17 @@ class VDVAE(LatentVariableModel):
         params = self.out_conv(features).float()  # (B, P, H, W)
         if self.likelihood_kind == "bernoulli":
             return Bernoulli(params)
+        if self.official_grid:
+            return DiscretizedLogisticMixture(params, self.image_shape[0], self.bits, half_bin=1 / 31,
+                                              bottom_edge=-0.999, top_edge=0.999)
         return DiscretizedLogisticMixture(params, self.image_shape[0], self.bits)
+
+    def loss_target(self, x: torch.Tensor) -> torch.Tensor:
+        """What the likelihood scores: x itself, or with ``official_grid`` the 5-bit value in 8-bit units,
+        8 floor(x_255 / 8) / 255 (openai's ``preprocess_func`` for FFHQ-256)."""
+        if not self.official_grid:
+            return x
+        return torch.floor(torch.round(x * 255) / 8) * 8 / 255
 
     # ------------------------------------------------------------------ the model's contract
     def forward(self, x: torch.Tensor) -> ModelOutput:
@@ -146,7 +167,7 @@ class VDVAE(LatentVariableModel):
         features, kls, log_ratio, means = self.top_down(x.shape[0], encoder_gelu, num_posterior=self.num_groups)
         px = self.likelihood(features)
         extras = {"group_sizes": self.group_sizes, "posterior_means": means}
-        return ModelOutput(px.log_prob(x), torch.stack(kls, dim=1), log_ratio, px, extras)
+        return ModelOutput(px.log_prob(self.loss_target(x)), torch.stack(kls, dim=1), log_ratio, px, extras)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
@@ -218,6 +239,12 @@ class VDVAEConfig(ModelConfig):
     input_std: float = key(127.5, above=0)
     scale_residuals: bool = True  # the 1/sqrt(N) initialisation of the last layer of residual branches
     unpool: str = key("nearest", one_of=("nearest", "learned"))  # nearest | learned (Chapter 6's ablation, the paper's Fig. 5)
+    official_grid: bool = False  # openai's FFHQ-256 loss on 8-bit input (import_vdvae sets it for FFHQ-256 weights)
+
+    def describe_protocol(self) -> str:
+        """What results.json says about the evaluation grid when it is not the library's own."""
+        return ("openai's FFHQ-256 grid: targets (8 floor(x/8) - 127.5) / 127.5, bins +-1/31, encoder fed the 8-bit "
+                "image (not a normalised 5-bit likelihood)") if self.official_grid else ""
 
     def build(self, image_shape, bits, likelihood):
         kwargs = {k: v for k, v in asdict(self).items() if k != "family"}

@@ -95,7 +95,7 @@ def official_to_ours(state: dict, model) -> dict:
 
 def _meta_model(config: Config):
     """The preset's model without memory (on the meta device): enough to compare names and shapes."""
-    info = dataset_info(config.data.name, config.data.resolution)
+    info = dataset_info(config.data.name, config.data.resolution, config.data.bits)
     with torch.device("meta"):
         return config.model.build(tuple(info.image_shape), info.bits, info.likelihood)
 

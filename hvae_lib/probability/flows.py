@@ -42,13 +42,16 @@ def autoregressive_mask(
     conv_groups: int = 1,
     zero_diagonal: bool = False,
     mirror: bool = False,
+    mirror_channels: bool = True,
 ) -> torch.Tensor:
     """0/1 kernel mask (C_out, C_in / conv_groups, k, k) for the raster-then-group order (Chapter 4).
 
     Channels are split into ``ar_groups`` contiguous blocks (input and output alike). Output group g
     at pixel p may read inputs at pixels strictly before p in raster order, and at p itself inputs of
     groups < g (``zero_diagonal=True``) or <= g (``False``). ``mirror`` reverses the whole order, so
-    the mirror mask is the forward mask flipped along all four axes.
+    the mirror mask is the forward mask flipped along all four axes; with ``mirror_channels=False``
+    only the pixel order is reversed and the groups keep theirs (NVlabs' ``create_conv_mask`` flips
+    the kernel's two spatial axes only), another valid autoregressive order.
     """
     if kernel_size % 2 != 1:
         raise ValueError(f"A masked convolution needs an odd kernel_size so the centre tap is the current pixel; got {kernel_size}.")
@@ -68,7 +71,7 @@ def autoregressive_mask(
     in_idx = (out_idx // (out_channels // conv_groups)) * in_per_conv_group + torch.arange(in_per_conv_group)  # (C_out, C_in/cg)
     group_gap = in_idx // (in_channels // ar_groups) - out_idx // (out_channels // ar_groups)  # (C_out, C_in/cg)
     if mirror:
-        spatial_rank, group_gap = -spatial_rank, -group_gap
+        spatial_rank, group_gap = -spatial_rank, (-group_gap if mirror_channels else group_gap)
     same_pixel_ok = group_gap < 0 if zero_diagonal else group_gap <= 0
     mask = (spatial_rank < 0) | ((spatial_rank == 0) & same_pixel_ok[..., None, None])  # (C_out, C_in/cg, k, k)
     return mask.float()
@@ -96,8 +99,10 @@ class MaskedConv2d(nn.Conv2d):
         bias: bool = True,
         weight_norm: bool = True,
         init_scale: float = 1.0,
+        mirror_channels: bool = True,
     ):
-        mask = autoregressive_mask(in_channels, out_channels, kernel_size, ar_groups, groups, zero_diagonal, mirror)
+        mask = autoregressive_mask(in_channels, out_channels, kernel_size, ar_groups, groups, zero_diagonal, mirror,
+                                   mirror_channels)
         padding = dilation * (kernel_size - 1) // 2
         super().__init__(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, groups=groups, bias=bias)
         self.ar_groups, self.zero_diagonal, self.mirror = ar_groups, zero_diagonal, mirror
@@ -147,6 +152,7 @@ class IAFCell(nn.Module):
         mirror: bool = False,
         volume_preserving: bool = True,
         kernel_size: int = 5,
+        nvlabs: bool = False,
     ):
         super().__init__()
         hidden = 6 * z_channels if hidden_channels is None else hidden_channels  # NVAE expands 6x
@@ -157,11 +163,16 @@ class IAFCell(nn.Module):
             )
         self.z_channels, self.context_channels = z_channels, context_channels
         self.mirror, self.volume_preserving = mirror, volume_preserving
-        self.expand = MaskedConv2d(z_channels, hidden, 3, z_channels, zero_diagonal=True, mirror=mirror, bias=False)
+        # nvlabs=True: NVlabs' CellAR exactly (its mirror keeps the channel order; an ELU twice before the head).
+        self.nvlabs, flip = nvlabs, not nvlabs
+        self.expand = MaskedConv2d(z_channels, hidden, 3, z_channels, zero_diagonal=True, mirror=mirror, bias=False,
+                                   mirror_channels=flip)
         self.context_proj = nn.Conv2d(context_channels, hidden, 1) if context_channels > 0 else None
-        self.depthwise = MaskedConv2d(hidden, hidden, kernel_size, z_channels, mirror=mirror, groups=hidden, bias=False)
+        self.depthwise = MaskedConv2d(hidden, hidden, kernel_size, z_channels, mirror=mirror, groups=hidden, bias=False,
+                                      mirror_channels=flip)
         head_channels = z_channels if volume_preserving else 2 * z_channels
-        self.head = MaskedConv2d(hidden, head_channels, 1, z_channels, mirror=mirror, init_scale=0.1)
+        self.head = MaskedConv2d(hidden, head_channels, 1, z_channels, mirror=mirror, init_scale=0.1,
+                                 mirror_channels=flip)
         nn.init.zeros_(self.head.bias)
 
     def _check(self, z: torch.Tensor, context: torch.Tensor | None) -> None:
@@ -189,6 +200,8 @@ class IAFCell(nn.Module):
         if self.context_proj is not None:
             h = h + self.context_proj(context)
         h = F.elu(self.depthwise(F.elu(h)))  # (B, hidden, H, W)
+        if self.nvlabs:  # ARInvertedResidual ends in an ELU and the head (ELUConv) begins with one
+            h = F.elu(h)
         params = self.head(h).to(_maths_dtype(z))  # (B, C_z or 2 C_z, H, W)
         if self.volume_preserving:
             return params, torch.zeros_like(params)
@@ -235,10 +248,12 @@ class PairedIAF(nn.Module):
         hidden_channels: int | None = None,
         volume_preserving: bool = True,
         kernel_size: int = 5,
+        nvlabs: bool = False,
     ):
         super().__init__()
-        self.cell = IAFCell(z_channels, context_channels, hidden_channels, False, volume_preserving, kernel_size)
-        self.mirror_cell = IAFCell(z_channels, context_channels, hidden_channels, True, volume_preserving, kernel_size)
+        self.cell = IAFCell(z_channels, context_channels, hidden_channels, False, volume_preserving, kernel_size, nvlabs)
+        self.mirror_cell = IAFCell(z_channels, context_channels, hidden_channels, True, volume_preserving, kernel_size,
+                                   nvlabs)
 
     def forward(self, z: torch.Tensor, context: torch.Tensor | None = None):
         """(z'', log|det| of both cells): ((B, C_z, H, W), (B,)), float32."""

@@ -51,8 +51,15 @@ class DiscretizedLogisticMixture:
     """
 
     def __init__(self, params: torch.Tensor, channels: int, bits: int = 8, log_scale_min: float = -7.0,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, top_edge: float | None = None, half_bin: float | None = None,
+                 bottom_edge: float | None = None):
         self.channels, self.bits, self.dtype = channels, bits, dtype
+        # The grid's defaults; the papers' code differs in two places, which an imported model needs:
+        # NVlabs' NVAE scores x > 0.99 as the top bin (so the 8-bit value 254 too), openai's FFHQ-256
+        # loss bins its 5-bit targets (8k - 127.5) / 127.5 by +-1/31 with edges at -+0.999.
+        self.half_bin = 1.0 / (2**bits - 1) if half_bin is None else half_bin
+        self.edges = (-1 + self.half_bin / 2 if bottom_edge is None else bottom_edge,
+                      1 - self.half_bin / 2 if top_edge is None else top_edge)
         params = params.to(dtype)
         m = params.shape[1] // (1 + 3 * channels)  # M
         self.num_mix = m
@@ -82,7 +89,7 @@ class DiscretizedLogisticMixture:
         means = self._component_means(x)
         xc = x.unsqueeze(2) - means  # (B, C, M, H, W)
         inv_s = torch.exp(-self.log_scales)
-        half_bin = 1.0 / (2**self.bits - 1)
+        half_bin = self.half_bin
         plus, minus = inv_s * (xc + half_bin), inv_s * (xc - half_bin)
         log_cdf_plus = plus - F.softplus(plus)  # log sigmoid(plus), for the bottom edge bin
         log_one_minus_cdf_min = -F.softplus(minus)  # log(1 - sigmoid(minus)), for the top edge bin
@@ -91,7 +98,7 @@ class DiscretizedLogisticMixture:
         # Far in a tail the difference of sigmoids underflows; use the density times the bin width.
         log_pdf_mid = mid - self.log_scales - 2 * F.softplus(mid) + math.log(2 * half_bin)
         log_delta = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid)
-        edge_lo, edge_hi = -1 + half_bin / 2, 1 - half_bin / 2  # half a bin inside the two edge values
+        edge_lo, edge_hi = self.edges  # by default half a bin inside the two edge values
         xb = x.unsqueeze(2).expand_as(xc)
         log_probs = torch.where(xb < edge_lo, log_cdf_plus, torch.where(xb > edge_hi, log_one_minus_cdf_min, log_delta))
         log_probs = log_probs.sum(dim=1) + F.log_softmax(self.logit_probs, dim=1)  # (B, M, H, W)

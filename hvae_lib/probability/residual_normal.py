@@ -13,7 +13,7 @@ outputs are soft-clamped, mu = 5 tanh(mu_raw / 5) and log_sigma = 5 tanh(log_sig
 sigma = exp(log_sigma) + 0.01. The residual q is built from the *sums* of raw outputs, so
 mu_q = clamp(mu_p_raw + dmu_raw) and sigma_q = exp(clamp(log_sigma_p_raw + dlog_sigma_raw)) + 0.01;
 (dmu, dsigma) in the KL above are the effective ones, mu_q - mu_p and sigma_q / sigma_p, so the
-closed form is exact. All maths runs in float32.
+closed form is exact. All maths runs in float32 (float64 stays float64).
 """
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ from dataclasses import dataclass
 import torch
 
 from hvae_lib.probability.gaussian import DiagonalGaussian, soft_clamp
+
+
+def _maths(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 at least: autocast's bf16/fp16 become float32, float64 stays."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 CLAMP = 5.0  # soft-clamp bound of mu and log sigma
 SIGMA_FLOOR = 0.01  # added to exp(log_sigma), as the official code does
@@ -45,27 +50,29 @@ class NVAENormal:
     @classmethod
     def from_raw(cls, mu_raw: torch.Tensor, log_sigma_raw: torch.Tensor, temperature: float = 1.0) -> "NVAENormal":
         """mu = 5 tanh(mu_raw / 5), sigma = t * (exp(5 tanh(log_sigma_raw / 5)) + 0.01)."""
-        mu = soft_clamp(mu_raw.float(), CLAMP)
-        sigma = torch.exp(soft_clamp(log_sigma_raw.float(), CLAMP)) + SIGMA_FLOOR
+        mu = soft_clamp(_maths(mu_raw), CLAMP)
+        sigma = torch.exp(soft_clamp(_maths(log_sigma_raw), CLAMP)) + SIGMA_FLOOR
         return cls(mu, sigma * temperature if temperature != 1.0 else sigma)
 
     @classmethod
     def from_params(cls, params: torch.Tensor, temperature: float = 1.0) -> "NVAENormal":
         """Split raw ``params`` (B, 2Z, H, W) into (mu_raw, log_sigma_raw) along channels."""
-        mu_raw, log_sigma_raw = params.float().chunk(2, dim=1)
+        mu_raw, log_sigma_raw = _maths(params).chunk(2, dim=1)
         return cls.from_raw(mu_raw, log_sigma_raw, temperature)
 
     @classmethod
     def residual(cls, prior_params: torch.Tensor, delta_params: torch.Tensor) -> "NVAENormal":
         """The residual posterior q from the prior's raw params and the encoder's raw corrections,
         both (B, 2Z, H, W): q = N(mu_p + dmu, (sigma_p dsigma)^2) in raw (pre-clamp) coordinates."""
-        return cls.from_params(prior_params.float() + delta_params.float())
+        return cls.from_params(_maths(prior_params) + _maths(delta_params))
 
     @classmethod
-    def standard(cls, shape, device=None, temperature: float = 1.0) -> "NVAENormal":
+    def standard(cls, shape, device=None, temperature: float = 1.0, dtype=None) -> "NVAENormal":
         """N(0, t^2 I): the top group's prior at temperature t, the paper's N(0, I). (The official
-        code builds it as Normal(0, log_sigma=0), so its sigma floor makes it N(0, 1.01^2 t^2).)"""
-        return cls(torch.zeros(shape, device=device), torch.full(shape, float(temperature), device=device))
+        code builds it as Normal(0, log_sigma=0), so its sigma floor makes it N(0, 1.01^2 t^2): pass
+        t * 1.01 for that.)"""
+        return cls(torch.zeros(shape, device=device, dtype=dtype),
+                   torch.full(shape, float(temperature), device=device, dtype=dtype))
 
     def rsample(self) -> torch.Tensor:
         """Reparameterised draw mu + sigma * eps (temperature is already inside sigma)."""
@@ -73,7 +80,7 @@ class NVAENormal:
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Elementwise log N(z; mu, sigma^2) = -0.5 ((z - mu) / sigma)^2 - log sigma - 0.5 log 2pi."""
-        scaled = (z.float() - self.mu) / self.sigma
+        scaled = (z.to(self.mu.dtype) - self.mu) / self.sigma
         return -0.5 * scaled**2 - torch.log(self.sigma) - 0.5 * LOG_2PI
 
     def kl(self, prior: "NVAENormal", kl_function=residual_kl) -> torch.Tensor:

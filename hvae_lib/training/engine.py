@@ -32,12 +32,12 @@ from torchvision.utils import save_image
 from hvae_lib.analysis.plotting import image_grid
 from hvae_lib.config import Config, describe, from_dict, validate
 from hvae_lib.config.ranges import ConfigError
-from hvae_lib.data import load_dataset
 from hvae_lib.models import build_model
 from hvae_lib.models.base import seeded_eval
 from hvae_lib.probability.kl_control import kl_objective, kl_warmup_beta
 from hvae_lib.probability.objectives import ModelOutput, elbo, nats_to_bpd
 from hvae_lib.training import checkpoint as ckpt_io
+from hvae_lib.training.data import load_data, protocol
 from hvae_lib.training.optim import make_optimizer, make_scheduler, schedule_change, should_skip, update_ema
 from hvae_lib.training.run_log import GlobalBatches, Progress, RunLog, batch_split_problem, summarise
 from hvae_lib.training.safe_write import WriteError, run_folder_problem, write_atomic
@@ -59,16 +59,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and dist.is_initialized():
         name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return torch.device(name)
-
-
-def load_data(config: Config):
-    """The train/test datasets the config names (limits of 0 mean the whole split)."""
-    d = config.data
-    try:
-        return load_dataset(d.name, d.root or None, train_limit=d.train_limit or None,
-                            test_limit=d.test_limit or None, resolution=d.resolution, seed=config.run.seed)
-    except ValueError as err:  # the loader's one-sentence complaint about data.* keys
-        raise ConfigError(str(err)) from None
 
 
 def build_data_and_model(config: Config):
@@ -135,6 +125,7 @@ class Trainer(CleanStop):
         self.batches = GlobalBatches(self.data.train, c.optim.batch_size, c.run.seed, self.rank, self.world,
                                      c.data.horizontal_flip)
         self.step, self.consecutive_skips, self.total_skips = 0, 0, 0
+        self.best_valid: dict | None = None  # {step, valid_neg_elbo_nats, valid_bpd} of best.pt
         self.saved_step = self._saving_step = None  # the step of the checkpoint on disk; of the last save begun
         self.signals = None  # a StopSignals while fit runs
         self._failure: WriteError | None = None  # rank 0's failed write, until every rank agrees to stop
@@ -151,7 +142,18 @@ class Trainer(CleanStop):
         return ckpt_io.checkpoint_state(
             self.config, self.info, self.model.state_dict(), self.optimizer, self.scheduler, self.scaler,
             ema_state=self.ema.state_dict() if self.ema is not None else None, step=self.step,
-            total_skips=self.total_skips, consecutive_skips=self.consecutive_skips, world_size=self.world)
+            total_skips=self.total_skips, consecutive_skips=self.consecutive_skips, world_size=self.world,
+            best_valid=self.best_valid)
+
+    def _keep_best(self, nats: float) -> None:
+        """Write best.pt (the whole state, as checkpoint.pt) when the validation ELBO is the best so far:
+        openai/vdvae's released models were chosen on validation, never on test."""
+        if self.best_valid is not None and nats >= self.best_valid["valid_neg_elbo_nats"]:
+            return
+        self.best_valid = {"step": self.step, "valid_neg_elbo_nats": nats,
+                           "valid_bpd": nats_to_bpd(nats, self.info.num_dims)}
+        if self.is_main:
+            self._write(ckpt_io.save_atomic, self.state_dict(), self.out / "best.pt")
 
     def _restore(self, saved: dict) -> None:
         try:
@@ -169,6 +171,7 @@ class Trainer(CleanStop):
             ) from None
         self.step = saved["step"]
         self.total_skips, self.consecutive_skips = saved["total_skips"], saved["consecutive_skips"]
+        self.best_valid = saved.get("best_valid")
         rngs = saved["rng"]
         ckpt_io.set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
 
@@ -269,15 +272,23 @@ class Trainer(CleanStop):
     def eval_model(self):
         return self.ema if self.ema is not None else self.model
 
+    @property
+    def eval_split(self) -> str:
+        """Where periodic evaluations look: the validation split when the data has one (openai/vdvae's
+        protocol, ``data.vdvae_split``), else the test split."""
+        return "valid" if self.data.valid is not None else "test"
+
     @torch.no_grad()
-    def evaluate(self, max_batches: int = 0) -> dict | None:
-        """Negative ELBO on the test split (EMA weights when present), in nats/image and bits/dim.
+    def evaluate(self, max_batches: int = 0, split: str = "test") -> dict | None:
+        """Negative ELBO on ``split`` ("test" or "valid"; EMA weights when present), in nats/image and
+        bits/dim, as ``{split}_neg_elbo_nats``, ``{split}_bpd`` and ``{split}_images``.
 
         None when a stop signal cut it short (on any rank: the ranks agree through the final sum).
         """
+        dataset = self.data.valid if split == "valid" else self.data.test
         total = torch.zeros(3, device=self.device)  # (sum of -ELBO, images, ranks cut short)
         with seeded_eval(self.eval_model, 1234 + self.rank) as model:
-            n = len(self.data.test)
+            n = len(dataset)
             bs = self.config.optim.batch_size // self.world
             for i, start in enumerate(range(self.rank * bs, n, bs * self.world)):
                 if max_batches and i >= max_batches:
@@ -285,7 +296,7 @@ class Trainer(CleanStop):
                 if self.signals is not None and self.signals.requested:
                     total[2] = 1
                     break
-                x = torch.stack([self.data.test[j][0] for j in range(start, min(start + bs, n))]).to(self.device)
+                x = torch.stack([dataset[j][0] for j in range(start, min(start + bs, n))]).to(self.device)
                 with self.autocast():
                     out = model(x)
                 total[:2] += torch.stack([-elbo(out, self.info.num_dims).elbo.sum(), torch.tensor(x.shape[0], device=self.device)])
@@ -294,7 +305,8 @@ class Trainer(CleanStop):
         if total[2] > 0:
             return None
         nats = (total[0] / total[1]).item()
-        return {"test_neg_elbo_nats": nats, "test_bpd": nats_to_bpd(nats, self.info.num_dims), "test_images": int(total[1])}
+        return {f"{split}_neg_elbo_nats": nats, f"{split}_bpd": nats_to_bpd(nats, self.info.num_dims),
+                f"{split}_images": int(total[1])}
 
     @torch.no_grad()
     def write_samples(self) -> None:
@@ -353,9 +365,11 @@ class Trainer(CleanStop):
             if self._stopping():
                 break
             if r.eval_every and self.step % r.eval_every == 0 and not last:
-                result = self.evaluate(r.eval_batches)
+                result = self.evaluate(r.eval_batches, self.eval_split)
                 if result is not None:  # else a signal cut it short
-                    self._write(logger.write, {"split": "test", **result}, self.step)
+                    self._write(logger.write, {"split": self.eval_split, **result}, self.step)
+                    if self.eval_split == "valid":
+                        self._keep_best(result["valid_neg_elbo_nats"])
             if r.sample_every and self.step % r.sample_every == 0:
                 self._write(self.write_samples)
             if r.checkpoint_every and self.step % r.checkpoint_every == 0:
@@ -371,6 +385,9 @@ class Trainer(CleanStop):
             self._stop(save=False)
         final = {"step": self.step, "split": "test", **final}
         self._write(logger.write, final, self.step)
+        if self.best_valid is not None:
+            final["best_valid"] = self.best_valid
+        final |= protocol(self.config, self.data)
         if self.is_main:
             self._write(write_atomic, self.out / "results.json",
                         lambda f: f.write((json.dumps(final, indent=2) + "\n").encode()))

@@ -13,6 +13,11 @@ official loss, so that the thresholds and Adam's eps mean what they mean there. 
 Table 4 lists 0.0 for the others). The global batch is the official batch per GPU times the GPUs
 of the paper (16 x 2, 8 x 32, 4 x 32, 1 x 32, 1 x 32); ``max_steps`` is the paper's iterations.
 
+The data follow openai/vdvae's ``data.py``: CIFAR-10 and FFHQ-256 hold out its validation split
+(``data.vdvae_split``: periodic evaluations and ``best.pt`` on validation, the test set once at
+the end), and ImageNet is van den Oord et al.'s downsampling (``data.imagenet_variant``: the other
+variant loads with a one-line warning).
+
 Differences in the loop, on purpose: the warm-up's first step uses lr/100 where the official first
 step uses 0; a run whose every update is skipped stops with an error after
 ``max_consecutive_skips`` where the official loop goes on without learning (openai/vdvae#25).
@@ -44,7 +49,7 @@ def vdvae_cifar10() -> Config:
         model=VDVAEConfig(width=384, zdim=16, enc_blocks="32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3",
                           dec_blocks="1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21", bottleneck_multiple=0.25,
                           no_bias_above=64, num_mixtures=10, input_mean=120.63838, input_std=64.16736),
-        data=DataConfig(name="cifar10"),
+        data=DataConfig(name="cifar10", vdvae_split=True),  # 45,000 train, 5,000 validation, as data.py
         optim=_vdvae_optim(lr=2e-4, batch_size=32, max_steps=1_100_000, grad_clip=200.0, skip_threshold=400.0,
                            ema_rate=0.9999),
         run=_paper_run(10_000),
@@ -57,7 +62,7 @@ def vdvae_imagenet32() -> Config:
     config.model = VDVAEConfig(width=512, zdim=16, enc_blocks="32x15,32d2,16x9,16d2,8x8,8d2,4x6,4d4,1x6",
                                dec_blocks="1x2,4m1,4x4,8m4,8x9,16m8,16x19,32m16,32x40", num_mixtures=10,
                                input_mean=116.2373, input_std=69.37404)
-    config.data = DataConfig(name="imagenet32")
+    config.data = DataConfig(name="imagenet32", imagenet_variant="oord")  # the .npy files of setup_imagenet.sh
     config.optim = _vdvae_optim(lr=1.5e-4, batch_size=256, max_steps=1_700_000, grad_clip=200.0,
                                 skip_threshold=300.0, ema_rate=0.999)
     return config
@@ -70,7 +75,7 @@ def vdvae_imagenet64() -> Config:
                                enc_blocks="64x11,64d2,32x20,32d2,16x9,16d2,8x8,8d2,4x7,4d4,1x5",
                                dec_blocks="1x2,4m1,4x3,8m4,8x7,16m8,16x15,32m16,32x31,64m32,64x12",
                                num_mixtures=10, input_mean=115.92961967, input_std=69.37404)
-    config.data = DataConfig(name="imagenet64")
+    config.data = DataConfig(name="imagenet64", imagenet_variant="oord")
     config.optim = _vdvae_optim(lr=1.5e-4, batch_size=128, max_steps=1_600_000, grad_clip=220.0,
                                 skip_threshold=380.0, ema_rate=0.999)
     return config
@@ -83,7 +88,7 @@ def vdvae_ffhq256() -> Config:
                                enc_blocks="256x3,256d2,128x8,128d2,64x12,64d2,32x17,32d2,16x7,16d2,8x5,8d2,4x5,4d4,1x4",
                                dec_blocks="1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x21,64m32,64x13,128m64,128x7,256m128",
                                no_bias_above=64, num_mixtures=10, input_mean=112.8666757481, input_std=69.84780273)
-    config.data = DataConfig(name="ffhq_256")
+    config.data = DataConfig(name="ffhq_256", vdvae_split=True)  # the seed-5 permutation: 63,000 / 7,000
     config.optim = _vdvae_optim(lr=1.5e-4, batch_size=32, max_steps=1_700_000, grad_clip=130.0,
                                 skip_threshold=180.0, ema_rate=0.999)
     return config
