@@ -1,6 +1,6 @@
 """hvae_lib: the tested library behind the course, laid out by concern.
 
-Command lines: ``python -m hvae_lib.train``, ``.evaluate``, ``.sample`` and ``.import_vdvae``.
+Command lines: ``python -m hvae_lib.train``, ``.evaluate``, ``.sample``, ``.import_vdvae`` and ``.latents``.
 Subpackages, each importing only those below it (import-linter contracts in ``pyproject.toml``;
 ``docs/architecture.md`` draws the arrows):
 

@@ -11,6 +11,8 @@ of dimensions bits/dim divides by; an item is ``(image, label)``, the image a fl
 - :mod:`~hvae_lib.data.imagenet` and :mod:`~hvae_lib.data.ffhq`: the Very Deep VAE's paper
   datasets, placed by hand.
 
+:mod:`~hvae_lib.data.image_files` reads image files as a model's input (``python -m hvae_lib.latents``).
+
 A dataset that is neither on disk nor downloadable raises
 :class:`~hvae_lib.data.contract.DatasetUnavailableError`, one sentence saying how to get it. This
 package imports nothing else of the library.
