@@ -163,13 +163,12 @@ def run(args, model, config) -> str:
         return f"wrote the latents of {x.shape[0]} images ({len(latents)} groups: {shapes}) to {args.out}"
     if args.verb == "reconstruct":
         num = lib.check_num_groups(model, args.groups)
-        latents = lib.encode(model, x, not args.sample, args.seed)
         if args.save_latents:
-            write_latents(args.save_latents, latents, x, args)
+            write_latents(args.save_latents, lib.encode(model, x, not args.sample, args.seed), x, args)
         images = lib.reconstruct(model, x, num, not args.sample, args.draws, group_t, args.pixels, args.seed)
         write_png(args.out, torch.cat([x.unsqueeze(0), images]).flatten(0, 1), nrow=x.shape[0])
         return (f"wrote {x.shape[0]} images (first row) and {args.draws} row(s) decoded from the top {num} of "
-                f"{len(latents)} groups to {args.out}")
+                f"{len(lib.latent_shapes(model))} groups to {args.out}")
     if args.verb == "interpolate":
         if x.shape[0] != 2:
             raise ValueError(f"interpolate takes two images, got {x.shape[0]}; pass two files or --index A B.")

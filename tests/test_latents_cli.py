@@ -1,5 +1,9 @@
 """``python -m hvae_lib.latents``: every verb on a checkpoint of every family trained by the engine and on an
 imported VDVAE, and every bad input as one sentence without a traceback."""
+import re
+import shlex
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +11,8 @@ from PIL import Image
 
 from hvae_lib.config import override
 from hvae_lib.import_vdvae import main as import_main
-from hvae_lib.latents import VERBS, main
+from hvae_lib import fid
+from hvae_lib.latents import VERBS, build_parser, main
 from hvae_lib.layers.bn_readjust import cached_temperatures, readjusted_bn
 from hvae_lib.models.vdvae import VDVAE
 from hvae_lib.models.presets import get_preset
@@ -78,8 +83,13 @@ def test_every_verb_on_a_checkpoint_the_engine_trained(trained, tmp_path, capsys
     assert [z.shape[0] for z in state["latents"]] == [4] * len(state["latents"]) and "latents of 4 images" in out
     run(capsys, "decode", ckpt, tmp_path / "z.pt", "--groups", "1", "--draws", "2", "--out", tmp_path / "d.png", *common)
     assert Image.open(tmp_path / "d.png").size == grid_size(2, 4)
-    run(capsys, "reconstruct", ckpt, "--index", "3", "5", "--draws", "2", "--out", tmp_path / "r.png", *common)
+    run(capsys, "reconstruct", ckpt, "--index", "3", "5", "--draws", "2", "--out", tmp_path / "r.png",
+        "--save-latents", tmp_path / "r.pt", *common)
     assert Image.open(tmp_path / "r.png").size == grid_size(3, 2)  # the images, then two rows of decodes
+    saved = torch.load(tmp_path / "r.pt", weights_only=True)
+    assert torch.equal(saved["images"][0], state["images"][3])  # test image 3, which encode saw as its fourth
+    assert [tuple(z.shape[1:]) for z in saved["latents"]] == [tuple(z.shape[1:]) for z in state["latents"]]
+    assert saved["latents"][0].shape[0] == 2
     run(capsys, "interpolate", ckpt, "--steps", "5", "--rest", "prior", "--method", "lerp", "--out",
         tmp_path / "i.png", *common)
     assert Image.open(tmp_path / "i.png").size == grid_size(1, 7)  # image a, five steps, image b
@@ -169,3 +179,13 @@ def test_readjustment_takes_a_temperature_per_group_and_skips_models_without_bat
     with readjusted_bn(vdvae, 0.7, num_passes=5):
         assert not vdvae.training
     assert vdvae.training
+
+
+def test_the_readme_shows_every_verb_and_fid_with_flags_that_exist():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = re.findall(r"^python -m hvae_lib\.(latents|fid) ([^\n]*)$", readme, flags=re.M)
+    assert {line.split()[0] for module, line in lines if module == "latents"} == set(VERBS)
+    assert any(module == "fid" for module, _ in lines)
+    for module, line in lines:
+        parser = build_parser() if module == "latents" else fid.build_parser()
+        parser.parse_args(shlex.split(line))  # an unknown flag or a bad value exits with one line
