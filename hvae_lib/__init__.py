@@ -1,6 +1,7 @@
 """hvae_lib: the tested library behind the course, laid out by concern.
 
-Command lines: ``python -m hvae_lib.train``, ``.evaluate``, ``.sample`` and ``.import_vdvae``.
+Command lines: ``python -m hvae_lib.train``, ``.evaluate``, ``.sample``, ``.import_vdvae``, ``.latents`` and
+``.fid``.
 Subpackages, each importing only those below it (import-linter contracts in ``pyproject.toml``;
 ``docs/architecture.md`` draws the arrows):
 

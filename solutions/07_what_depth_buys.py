@@ -60,12 +60,8 @@ import torch
 import torch.nn.functional as F
 
 from hvae_lib.analysis.plotting import show_grid
-from hvae_lib.analysis.resolution_study import (
-    coarse_and_fine_error,
-    kl_by_resolution,
-    posterior_down_to_each_resolution,
-    spread_across_draws,
-)
+from hvae_lib.analysis.latents import decode_by_level
+from hvae_lib.analysis.resolution_study import coarse_and_fine_error, kl_by_resolution, spread_across_draws
 from hvae_lib.config import override
 from hvae_lib.data import load_dataset
 from hvae_lib.exercises import assert_matches, check, reveal_prediction, smoke_mode, use_if_correct
@@ -706,17 +702,18 @@ print(f"VDVAE from {vdvae_run.as_posix()}: {vdvae_result['step']} steps, test ne
 assert vdvae_result["test_bpd"] < 8  # better than the uniform 8 bits/dim
 
 # %% [markdown]
-# **The paper's Fig. 4.** `hvae_lib.analysis.resolution_study.posterior_down_to_each_resolution` runs the
-# top-down pass with the posterior in every layer up to each resolution (0: none, plain samples)
-# and the prior below. Draw $j$ of every row starts from the same seed, so two rows differ only in
-# which layers read the image. Each panel below: the test image on the left, then six draws;
-# rows from "prior everywhere" (top) to "posterior everywhere" (bottom, a reconstruction). The
-# images are the decoder's mean, so what varies is what the latents decide, not pixel noise.
+# **The paper's Fig. 4.** `hvae_lib.analysis.latents.decode_by_level` runs the top-down pass with
+# the posterior in every layer up to each resolution (0: none, plain samples) and the prior below
+# (`python -m hvae_lib.latents levels` draws the same figure for any checkpoint). Draw $j$ of every
+# row starts from the same seed, so two rows differ only in which layers read the image. Each
+# panel below: the test image on the left, then six draws; rows from "prior everywhere" (top) to
+# "posterior everywhere" (bottom, a reconstruction). The images are the decoder's mean, so what
+# varies is what the latents decide, not pixel noise.
 
 # %%
 DRAWS = 8
 x_study = data.test.images[:64].float() / 255  # (64, 1, 28, 28)
-cuts, decoded = posterior_down_to_each_resolution(vdvae, x_study, draws=DRAWS, seed=0)  # (5, 8, 64, 1, 28, 28)
+cuts, decoded = decode_by_level(vdvae, x_study, draws=DRAWS, seed=0)  # (5, 8, 64, 1, 28, 28)
 row_names = ["prior everywhere"] + [f"posterior to {r}×{r}" for r in cuts[1:]]
 SHOW = (0, 1, 8)  # an ankle boot, a pullover, a sandal
 fig, axes = plt.subplots(1, len(SHOW), figsize=(15, 4.6))

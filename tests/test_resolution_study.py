@@ -3,14 +3,8 @@ a resolution and the prior below, and the KL per resolution."""
 import pytest
 import torch
 
-from hvae_lib.analysis.resolution_study import (
-    coarse_and_fine_error,
-    distance_to_image,
-    kl_by_resolution,
-    latent_resolutions,
-    posterior_down_to_each_resolution,
-    spread_across_draws,
-)
+from hvae_lib.analysis.latents import decode_by_level, latent_resolutions
+from hvae_lib.analysis.resolution_study import coarse_and_fine_error, distance_to_image, kl_by_resolution, spread_across_draws
 from hvae_lib.models.vae import ConvVAE
 from hvae_lib.models.vdvae import VDVAE
 
@@ -32,7 +26,7 @@ def images(n=3, seed=0):
 
 def test_no_posterior_layer_is_plain_sampling_and_every_layer_is_the_reconstruction():
     model, x = small_vdvae(), images()
-    cuts, rows = posterior_down_to_each_resolution(model, x, draws=2, seed=7, temperature=0.8, pixels="sample")
+    cuts, rows = decode_by_level(model, x, draws=2, seed=7, temperature=0.8, pixels="sample")
     assert cuts == [0, 1, 4, 8, 16] and rows.shape == (5, 2, 3, 1, 16, 16)
     for j in range(2):  # row 0, draw j: model.sample after seed 7 + j, with the same temperature
         torch.manual_seed(7 + j)
@@ -40,15 +34,15 @@ def test_no_posterior_layer_is_plain_sampling_and_every_layer_is_the_reconstruct
     for k, r in enumerate(cuts[1:], start=1):  # row k: the model's own conditional sampling, same seed
         torch.manual_seed(7)
         assert torch.equal(rows[k, 0], model.sample_conditional(x, 1 + max(LAYERS_AT[r]), temperature=0.8))
-    _, means = posterior_down_to_each_resolution(model, x, draws=2, seed=7, pixels="mean")
+    _, means = decode_by_level(model, x, draws=2, seed=7, pixels="mean")
     torch.manual_seed(7)
     assert torch.equal(means[-1, 0], model.reconstruct(x))  # posterior everywhere: the reconstruction path
 
 
 def test_only_the_rows_that_read_the_image_depend_on_it_and_draws_differ():
     model = small_vdvae()
-    _, a = posterior_down_to_each_resolution(model, images(seed=0), draws=3, seed=0)
-    _, b = posterior_down_to_each_resolution(model, images(seed=1), draws=3, seed=0)
+    _, a = decode_by_level(model, images(seed=0), draws=3, seed=0)
+    _, b = decode_by_level(model, images(seed=1), draws=3, seed=0)
     assert torch.equal(a[0], b[0])  # the prior alone never sees x
     for k in range(1, a.shape[0]):
         assert not torch.allclose(a[k], b[k])  # one posterior layer is enough to see it
@@ -59,7 +53,7 @@ def test_the_prior_at_temperature_zero_has_no_spread_and_the_global_random_state
     model, x = small_vdvae(), images()
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    _, rows = posterior_down_to_each_resolution(model, x, draws=4, temperature=0.0)
+    _, rows = decode_by_level(model, x, draws=4, temperature=0.0)
     assert torch.equal(torch.get_rng_state(), before)
     spread = spread_across_draws(rows)  # (5,)
     assert spread[0] == 0  # z = prior mean at t = 0 in every layer: the same image each draw
@@ -111,20 +105,22 @@ def test_a_model_whose_posterior_is_its_prior_has_no_kl_to_share():
 def test_bad_inputs_are_one_sentence_errors():
     model, x = small_vdvae(), images()
     with pytest.raises(ValueError, match="draws must be at least 1"):
-        posterior_down_to_each_resolution(model, x, draws=0)
+        decode_by_level(model, x, draws=0)
     with pytest.raises(ValueError, match="pixels must be one of mean, sample"):
-        posterior_down_to_each_resolution(model, x, draws=1, pixels="mode")
+        decode_by_level(model, x, draws=1, pixels="mode")
     with pytest.raises(ValueError, match=r"shape \(B, 1, 16, 16\)"):
-        posterior_down_to_each_resolution(model, torch.zeros(2, 3, 16, 16), draws=1)
+        decode_by_level(model, torch.zeros(2, 3, 16, 16), draws=1)
     vae = ConvVAE((1, 16, 16), 8, likelihood="bernoulli")
-    with pytest.raises(ValueError, match="needs a VDVAE"):
-        posterior_down_to_each_resolution(vae, x, draws=1)
+    with pytest.raises(ValueError, match="has no group_shapes"):
+        decode_by_level(vae, x, draws=1)  # one group without a resolution: levels by group instead
+    assert decode_by_level(vae, x, draws=1, by="group")[0] == [0, 1]
     with pytest.raises(ValueError, match="has no group_shapes"):
         kl_by_resolution(vae, x)
     backwards = small_vdvae()
-    backwards.layer_resolutions = [1, 4, 4, 8, 4, 16, 16]
+    backwards.group_shapes = [(4, r, r) for r in [1, 4, 4, 8, 4, 16, 16]]
     with pytest.raises(ValueError, match="do not rise from the top down"):
-        posterior_down_to_each_resolution(backwards, x, draws=1)
+        decode_by_level(backwards, x, draws=1)
+    assert decode_by_level(backwards, x, draws=1, by="group")[0] == list(range(8))
     with pytest.raises(ValueError, match="at least two draws"):
         spread_across_draws(torch.zeros(5, 1, 3, 1, 16, 16))
     with pytest.raises(ValueError, match="decoded from x"):

@@ -1,19 +1,14 @@
 """What each resolution of a multi-resolution hierarchy decides (Chapter 7; the Very Deep VAE paper's Fig. 4).
 
-Two measurements on a trained :class:`~hvae_lib.models.vdvae.VDVAE`:
+Measurements on a trained multi-resolution hierarchy (a :class:`~hvae_lib.models.vdvae.VDVAE` in
+Chapter 7):
 
-- :func:`posterior_down_to_each_resolution` decodes an image with the latent layers at resolutions
-  up to r drawn from the posterior q(z_l | z_<l, x) and the layers below (finer than r) drawn from
-  the prior p(z_l | z_<l), for every resolution r of the model (and for none: plain samples). Draw
-  j of every row uses the same random numbers (seed + j), so two rows differ only in which layers
-  read the image;
+- the images decoded with the latent layers up to each resolution r from the posterior and the
+  layers below from the prior come from :func:`hvae_lib.analysis.latents.decode_by_level` (the one
+  implementation, which ``python -m hvae_lib.latents levels`` uses too); here are the measures of
+  those rows: :func:`spread_across_draws`, :func:`distance_to_image` and :func:`coarse_and_fine_error`;
 - :func:`kl_by_resolution` sums the KL of the latent layers at each resolution,
   KL_r = sum_{l : res(l) = r} E_x KL(q(z_l | z_<l, x) || p(z_l | z_<l)), and its share KL_r / sum_r KL_r.
-
-The official code draws the same figure in ``train_helpers.py``/``vae.py`` (``forward_get_latents``,
-then ``forward_samples_set_latents`` with the latents of the top layers and the prior below); here
-the posterior latents are drawn afresh inside one top-down pass instead of being stored and replayed,
-which gives the same distribution.
 """
 from __future__ import annotations
 
@@ -21,75 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from hvae_lib.analysis.diagnostics import kl_per_group
-
-PIXELS = ("mean", "sample")
-
-
-def latent_resolutions(model) -> list[int]:
-    """The resolution of every latent layer, top first (a group (Z, h, w) has resolution h)."""
-    shapes = getattr(model, "group_shapes", None)
-    if not shapes:
-        raise ValueError(f"{type(model).__name__} has no group_shapes; the resolution study needs a hierarchical "
-                         f"model whose latent layers have spatial shapes (Z, h, w), such as VDVAE or NVAE.")
-    return [int(shape[1]) for shape in shapes]
-
-
-def _check_top_down(model) -> list[int]:
-    """The model's distinct resolutions, coarsest first, after checking that it can be decoded layer by layer."""
-    for name in ("encode", "top_down", "likelihood", "layer_resolutions"):
-        if not hasattr(model, name):
-            raise ValueError(f"{type(model).__name__} has no {name}(); decoding with the posterior down to a resolution "
-                             f"needs a VDVAE (hvae_lib.models.vdvae), whose top-down pass takes the number of "
-                             f"posterior layers.")
-    resolutions = list(model.layer_resolutions)
-    if resolutions != sorted(resolutions):
-        raise ValueError(f"The latent layers' resolutions {resolutions} do not rise from the top down, so 'every layer "
-                         f"up to resolution r' is not a set of top layers; use a decoder string whose resolutions "
-                         f"never go back down.")
-    return sorted(set(resolutions))
-
-
-@torch.no_grad()
-def posterior_down_to_each_resolution(model, x: torch.Tensor, draws: int, seed: int = 0, temperature: float = 1.0,
-                                      pixels: str = "mean") -> tuple[list[int], torch.Tensor]:
-    """Decode ``x`` with the posterior at the top layers and the prior below, for every resolution cut.
-
-    Row 0 takes no layer from the posterior (plain samples); row k (k >= 1) takes every layer whose
-    resolution is at most the k-th smallest resolution r_k from q(z|x) and the rest from the prior at
-    ``temperature``; the last row is the posterior everywhere (a reconstruction). ``pixels`` is
-    ``"mean"`` (the likelihood's mean image) or ``"sample"`` (pixels drawn from it, as ``model.sample``).
-
-    Returns (cuts, images): ``cuts`` = [0, r_1, ..., r_K] (0: no posterior layer) and ``images`` of shape
-    (K + 1, draws, B, C, H, W). Draw j of every row is made after ``torch.manual_seed(seed + j)``, so
-    row 0 equals ``model.sample(B)`` and the last row (with ``pixels="mean"``) ``model.reconstruct(x)``
-    after the same seed. The global random state is left as it was.
-    """
-    levels = _check_top_down(model)
-    model.check_input(x)
-    if draws < 1:
-        raise ValueError(f"draws must be at least 1 (the number of prior draws per row), got {draws}.")
-    if pixels not in PIXELS:
-        raise ValueError(f"pixels must be one of {', '.join(PIXELS)}, got {pixels!r}.")
-    was_training = model.training
-    model.eval()
-    try:
-        encoder_gelu = model.encode(x)  # deterministic: once for every row and draw
-        cuts = [0, *levels]
-        rows = []
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            for r in cuts:
-                num_posterior = model.num_layers_through(r)
-                row = []
-                for j in range(draws):
-                    torch.manual_seed(seed + j)
-                    features, _, _, _ = model.top_down(x.shape[0], encoder_gelu if num_posterior else None,
-                                                       num_posterior, temperature)
-                    px = model.likelihood(features)
-                    row.append(px.mean() if pixels == "mean" else px.sample())  # (B, C, H, W)
-                rows.append(torch.stack(row))  # (draws, B, C, H, W)
-    finally:
-        model.train(was_training)
-    return cuts, torch.stack(rows)  # (K + 1, draws, B, C, H, W)
+from hvae_lib.analysis.latents import latent_resolutions
 
 
 def spread_across_draws(images: torch.Tensor) -> torch.Tensor:
@@ -97,7 +24,7 @@ def spread_across_draws(images: torch.Tensor) -> torch.Tensor:
     (rows, draws, B, C, H, W). Zero where every draw of a row is the same image."""
     if images.dim() != 6 or images.shape[1] < 2:
         raise ValueError(f"spread_across_draws expects (rows, draws, B, C, H, W) with at least two draws, got shape "
-                         f"{tuple(images.shape)}; pass the images of posterior_down_to_each_resolution.")
+                         f"{tuple(images.shape)}; pass the images of decode_by_level.")
     return images.var(dim=1).flatten(1).mean(dim=1)  # (rows,)
 
 

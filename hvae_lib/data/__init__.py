@@ -13,6 +13,8 @@ of dimensions bits/dim divides by; an item is ``(image, label)``, the image a fl
 - :mod:`~hvae_lib.data.celeba`: NVAE's ``celeba_64`` and ``celebahq_256``, placed by hand;
 - :mod:`~hvae_lib.data.splits`: openai/vdvae's held-out splits (``vdvae_split``).
 
+:mod:`~hvae_lib.data.image_files` reads image files as a model's input (``python -m hvae_lib.latents``).
+
 A dataset that is neither on disk nor downloadable raises
 :class:`~hvae_lib.data.contract.DatasetUnavailableError`, one sentence saying how to get it. This
 package imports nothing else of the library.

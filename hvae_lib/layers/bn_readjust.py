@@ -87,21 +87,26 @@ def estimate_bn_stats(model: nn.Module, temperature: float, num_passes: int, bat
 
 
 @contextmanager
-def readjusted_bn(model: nn.Module, temperature: float = 1.0, num_passes: int = 100, batch_size: int = 16):
+def readjusted_bn(model: nn.Module, temperature=1.0, num_passes: int = 100, batch_size: int = 16):
     """Within the block ``model`` is in eval mode with the statistics of the BN layers sampling
-    runs re-estimated at ``temperature`` (cached; see the module docstring), the others as they
-    were. On exit its own statistics and mode come back."""
+    runs re-estimated at ``temperature`` (one number, or one per latent group; cached, see the
+    module docstring), the others as they were. On exit its own statistics and mode come back. A
+    model without BatchNorm is only put in eval mode."""
     if num_passes < 1 or batch_size < 2:
         raise ValueError(f"BN readjustment needs num_passes >= 1 and batch_size >= 2 (BatchNorm needs a batch); "
                          f"got num_passes={num_passes}, batch_size={batch_size}.")
     layers = _bn_layers(model)
     saved, was_training = _read_stats(layers), model.training
     try:
+        if not layers:  # nothing to re-estimate (ConvVAE, Ladder VAE, VDVAE): no sampling passes either
+            model.eval()
+            yield model
+            return
         version = parameter_version(model)
         entry = _CACHE.get(model)
         if entry is None or entry["version"] != version:
             entry = _CACHE[model] = {"version": version, "stats": {}}
-        key = (float(temperature), num_passes, batch_size)
+        key = (_temperature_key(temperature), num_passes, batch_size)
         if key not in entry["stats"]:
             entry["stats"][key] = estimate_bn_stats(model, temperature, num_passes, batch_size)
         estimated = entry["stats"][key]
@@ -113,12 +118,20 @@ def readjusted_bn(model: nn.Module, temperature: float = 1.0, num_passes: int = 
         model.train(was_training)
 
 
-def cached_temperatures(model: nn.Module) -> list[float]:
-    """Temperatures whose BN statistics are cached for the model's current parameters."""
+def _temperature_key(temperature) -> float | tuple[float, ...]:
+    """One temperature as a float, one per latent group as a tuple of floats."""
+    if isinstance(temperature, (int, float)):
+        return float(temperature)
+    return tuple(float(t) for t in temperature)
+
+
+def cached_temperatures(model: nn.Module) -> list:
+    """Temperatures whose BN statistics are cached for the model's current parameters (a tuple where
+    the statistics were estimated with one temperature per latent group)."""
     entry = _CACHE.get(model)
     if entry is None or entry["version"] != parameter_version(model):
         return []
-    return sorted({key[0] for key in entry["stats"]})
+    return sorted({key[0] for key in entry["stats"]}, key=lambda t: (isinstance(t, tuple), t))
 
 
 @torch.no_grad()

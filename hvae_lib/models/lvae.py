@@ -17,6 +17,7 @@ before the likelihood, so log p(x|z) covers exactly the real pixels.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 
 from hvae_lib.config import ModelConfig, model_family
 from hvae_lib.config.ranges import key
-from hvae_lib.models.base import LatentVariableModel
+from hvae_lib.models.base import HierarchicalVAE, group_temperatures
 from hvae_lib.probability.gaussian import DiagonalGaussian, sum_except_batch
 from hvae_lib.probability.likelihoods import LikelihoodHead
 from hvae_lib.probability.objectives import ModelOutput
@@ -62,7 +63,7 @@ class ResBlock(nn.Module):
         return x + self.conv2(F.silu(self.conv1(F.silu(x))))
 
 
-class LadderVAE(LatentVariableModel):
+class LadderVAE(HierarchicalVAE):
     """Convolutional Ladder VAE (Chapter 2): L groups z_1 (top) .. z_L over several resolutions.
 
     ``groups_per_scale`` lists the groups at each scale from the top (lowest resolution) down; the
@@ -167,16 +168,20 @@ class LadderVAE(LatentVariableModel):
         return DiagonalGaussian.from_params(self.bu_heads[l](feature))
 
     def top_down(self, n: int, features: list[torch.Tensor] | None = None, num_posterior: int = 0,
-                 temperature: float = 1.0, latents: list[torch.Tensor | None] | None = None):
+                 temperature: float | Sequence[float] = 1.0, latents: list[torch.Tensor | None] | None = None, *,
+                 posterior_mean: bool = False, return_latents: bool = False):
         """Run the top-down path for n images: groups ``< num_posterior`` draw z from q(z|x) (needs
-        ``features``), the rest from the prior with every sigma times ``temperature``; a tensor in
-        ``latents[l]`` is used as z_l instead of a draw.
+        ``features``; z is q's mean with ``posterior_mean``), the rest from the prior with every sigma
+        times ``temperature`` (one number, or one per group); a tensor in ``latents[l]`` is used as
+        z_l instead of a draw.
 
         Returns (decoder features (B, C, H', W'), KL per posterior group [(B,)], log q - log p summed
-        over the posterior groups (B,), posterior means [(B, Z, h, w)]).
+        over the posterior groups (B,), posterior means [(B, Z, h, w)]), and with ``return_latents``
+        every group's z [(B, Z, h, w)] last.
         """
         device = self.group_sizes.device
-        kl, means, log_ratio, s = [], [], torch.zeros(n, device=device), None
+        temperatures = group_temperatures(temperature, self.num_groups)
+        kl, means, log_ratio, s, zs = [], [], torch.zeros(n, device=device), None, []
         for l in range(self.num_groups):
             if l == 0:
                 p = DiagonalGaussian.standard((n, *self.group_shapes[0]), device=device)
@@ -192,16 +197,23 @@ class LadderVAE(LatentVariableModel):
                     q = self.merge_fn(self.estimate(l, features[l]), p)
                 else:
                     q = DiagonalGaussian.from_params(self.merges[l - 1](torch.cat([s, features[l]], dim=1)))
-                z = q.rsample() if fixed is None else fixed.float()
+                z = (q.mu if posterior_mean else q.rsample()) if fixed is None else fixed.float()
                 kl.append(sum_except_batch(q.kl(p)))  # (B,) analytic, nats
                 log_ratio = log_ratio + sum_except_batch(q.log_prob(z) - p.log_prob(z))
                 means.append(q.mu)
             else:
-                z = p.rsample(temperature) if fixed is None else fixed.float()
+                z = p.rsample(temperatures[l]) if fixed is None else fixed.float()
+            zs.append(z)
             s = self.z_proj[l](z) if s is None else s + self.z_proj[l](z)  # (B, C, h, w)
             for block in self.td_blocks[l]:
                 s = self.checkpointed(block, s)
+        if return_latents:
+            return self.tail(s), kl, log_ratio, means, zs
         return self.tail(s), kl, log_ratio, means
+
+    def encoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The bottom-up features d_l the posteriors read (:meth:`bottom_up`)."""
+        return self.bottom_up(x)
 
     def likelihood(self, features: torch.Tensor):
         """p(x|z) from the decoder features, cropped from the canvas back to the image."""

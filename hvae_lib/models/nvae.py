@@ -30,6 +30,7 @@ mirror cell the exact reverse of the first.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -42,7 +43,7 @@ from hvae_lib.config.ranges import key
 from hvae_lib.layers.cells import EncoderCell, postprocess_cells, preprocess_cells
 from hvae_lib.layers.norms import WNConv2d, batchnorm_layers, bn_regularizer, frozen_running_stats
 from hvae_lib.layers.spectral import SpectralRegularizer
-from hvae_lib.models.base import LatentVariableModel
+from hvae_lib.models.base import HierarchicalVAE, group_temperatures
 from hvae_lib.models.nvae_parts import OutputHead, TopDownGroup, groups_per_scale, pad_to_canvas
 from hvae_lib.probability.gaussian import sum_except_batch
 from hvae_lib.probability.kl_control import kl_warmup_beta
@@ -59,7 +60,7 @@ def _round_up(n: int, factor: int) -> int:
     return -(-n // factor) * factor
 
 
-class NVAE(LatentVariableModel):
+class NVAE(HierarchicalVAE):
     """Nouveau VAE (Chapters 3-4): bidirectional encoder, residual normal posteriors, depthwise
     generative cells, spectral and BN regularisation, optional IAF flows on the posterior.
 
@@ -174,45 +175,61 @@ class NVAE(LatentVariableModel):
         return [top] + features[::-1]
 
     def top_down(self, n: int, features: list[torch.Tensor] | None = None, num_posterior: int = 0,
-                 temperature: float = 1.0):
+                 temperature: float | Sequence[float] = 1.0, *, latents: Sequence[torch.Tensor | None] | None = None,
+                 posterior_mean: bool = False, return_latents: bool = False):
         """Run the generative tower for n images: groups ``< num_posterior`` draw z from q(z|x)
-        (reading ``features``), the rest from the prior at ``temperature``.
+        (reading ``features``; z0 is q's mean with ``posterior_mean``, then the flows), the rest from
+        the prior at ``temperature`` (one number, or one per group); a tensor in ``latents[l]`` is
+        used as z_l (after the flows) instead of a draw, and that group adds no KL.
 
         Returns (decoder features, KL per posterior group [(B,)], log q - log p summed (B,),
-        posterior means [(B, Z, h, w)]).
+        posterior means [(B, Z, h, w)]), and with ``return_latents`` every group's z last.
         """
         device = self.prior_ftr0.device
+        temperatures = group_temperatures(temperature, self.num_groups)
         s = self.prior_ftr0.unsqueeze(0).expand(n, -1, -1, -1).contiguous(memory_format=torch.channels_last)  # (B, C, h0, w0)
         dtype = torch.promote_types(self.prior_ftr0.dtype, torch.float32)
-        kl, means, log_ratio = [], [], torch.zeros(n, device=device, dtype=dtype)
+        kl, means, log_ratio, zs = [], [], torch.zeros(n, device=device, dtype=dtype), []
         for idx, group in enumerate(self.groups):
             for cell in group.cells:
                 s = self.checkpointed(cell, s)
-            t = 1.0 if idx < num_posterior else temperature
+            fixed = latents[idx] if latents is not None and idx < len(latents) else None
+            t = 1.0 if idx < num_posterior else temperatures[idx]
             prior_params = None if group.is_top else group.prior(s)  # (B, 2Z, h, w) raw
             if group.is_top:
                 p = NVAENormal.standard((n, *self.group_shapes[idx]), device, t * self.top_prior_sigma, dtype)
             else:
                 p = NVAENormal.from_params(prior_params, t)
-            if idx < num_posterior:
+            if idx < num_posterior and fixed is None:
                 feature = group.encoder_feature(features[idx], s)
                 delta = group.posterior(feature)
                 residual = self.residual_normal and not group.is_top
                 q = NVAENormal.residual(prior_params, delta) if residual else NVAENormal.from_params(delta)
-                z0 = q.rsample()  # (B, Z, h, w)
+                z0 = q.mu if posterior_mean else q.rsample()  # (B, Z, h, w)
                 z, log_det = group.apply_flows(z0, feature)
                 log_q_minus_log_p = sum_except_batch(q.log_prob(z0)) - log_det - sum_except_batch(p.log_prob(z))
                 kl.append(log_q_minus_log_p if len(group.flows) else sum_except_batch(q.kl(p, self.kl_function)))
                 log_ratio = log_ratio + log_q_minus_log_p
                 means.append(q.mu)
             else:
-                z = p.rsample()
+                z = p.rsample() if fixed is None else fixed.to(dtype)
+            zs.append(z)
             s = group.combine(s, z)
             if group.up is not None:
                 s = self.checkpointed(group.up, s)
         for cell in self.postprocess:
             s = self.checkpointed(cell, s)
+        if return_latents:
+            return s, kl, log_ratio, means, zs
         return s, kl, log_ratio, means
+
+    def encoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder features e_l the posteriors read (:meth:`encode`)."""
+        return self.encode(x)
+
+    def likelihood(self, features: torch.Tensor, temperature: float = 1.0):
+        """p(x|z) from the generative tower's output (the likelihood's spread times ``temperature``)."""
+        return self.head(features, temperature)
 
     # ------------------------------------------------------------------ the model's contract
     def forward(self, x: torch.Tensor) -> ModelOutput:

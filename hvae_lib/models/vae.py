@@ -8,7 +8,7 @@ from torch import nn
 
 from hvae_lib.config import ModelConfig, model_family
 from hvae_lib.config.ranges import key
-from hvae_lib.models.base import LatentVariableModel
+from hvae_lib.models.base import LatentVariableModel, batch_size_of, group_temperatures
 from hvae_lib.probability.gaussian import DiagonalGaussian, sum_except_batch
 from hvae_lib.probability.likelihoods import LikelihoodHead
 from hvae_lib.probability.objectives import ModelOutput
@@ -108,6 +108,33 @@ class ConvVAE(LatentVariableModel):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The decoder's mean image at the posterior mean: what the model keeps of x."""
         return self.decode(self.encode(x).mu).mean()
+
+    # ------------------------------------------------------------------ the latent interface (one group)
+    def latent_shapes(self) -> list[tuple[int, ...]]:
+        return [(self.latent_dim,)]
+
+    def encoder_features(self, x: torch.Tensor) -> DiagonalGaussian:
+        """q(z|x) (:meth:`encode`): all the single group's posterior needs."""
+        return self.encode(x)
+
+    def posterior_latents(self, x: torch.Tensor, use_mean: bool = False) -> list[torch.Tensor]:
+        q = self.encode(x)
+        return [q.mu if use_mean else q.rsample()]  # [(B, Z)]
+
+    def decode_latents(self, latents=None, n=None, temperature=1.0, features=None, num_posterior: int = 0):
+        if not 0 <= num_posterior <= 1:
+            raise ValueError(f"num_posterior must be 0 or 1 (a ConvVAE has one latent group), got {num_posterior}.")
+        (t,) = group_temperatures(temperature, 1)
+        given = latents[0] if latents else None
+        if given is not None:
+            z = given
+        elif num_posterior:
+            if features is None:
+                raise ValueError("decode_latents needs the encoder features of x to draw z from the posterior.")
+            z = features.rsample()
+        else:
+            z = self.prior(batch_size_of(None, None, n), next(self.parameters()).device).rsample(t)
+        return self.decode(z)
 
 
 @model_family("vae")

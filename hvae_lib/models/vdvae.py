@@ -32,6 +32,7 @@ its encoder reads them as they are, and the likelihood scores the target 8 floor
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -40,14 +41,14 @@ from torch import nn
 
 from hvae_lib.config import ModelConfig, model_family
 from hvae_lib.config.ranges import key
-from hvae_lib.models.base import LatentVariableModel
+from hvae_lib.models.base import HierarchicalVAE, group_temperatures
 from hvae_lib.models.vdvae_arch import check_pair, parse_decoder, parse_encoder, parse_widths
 from hvae_lib.models.vdvae_parts import Encoder, TopDownBlock, Unpool, conv, official_init_
 from hvae_lib.probability.likelihoods import Bernoulli, DiscretizedLogisticMixture, LikelihoodHead
 from hvae_lib.probability.objectives import ModelOutput
 
 
-class VDVAE(LatentVariableModel):
+class VDVAE(HierarchicalVAE):
     """Very Deep VAE (Chapter 6). Latent layers are numbered top first; ``layer_resolutions[l]`` is the
     resolution of layer l and ``group_shapes[l]`` its (Z, r, r)."""
 
@@ -113,14 +114,19 @@ class VDVAE(LatentVariableModel):
         return {r: F.gelu(a) for r, a in activations.items()}
 
     def top_down(self, n: int, encoder_gelu: dict[int, torch.Tensor] | None = None, num_posterior: int = 0,
-                 temperature: float = 1.0):
+                 temperature: float | Sequence[float] = 1.0, *, latents: Sequence[torch.Tensor | None] | None = None,
+                 posterior_mean: bool = False, return_latents: bool = False):
         """Run the top-down tower for n images: layers ``< num_posterior`` draw z from q(z|x) (reading
-        ``encoder_gelu``), the rest from the prior at ``temperature``.
+        ``encoder_gelu``; z is q's mean with ``posterior_mean``), the rest from the prior at
+        ``temperature`` (one number, or one per layer); a tensor in ``latents[l]`` is used as z_l
+        instead of a draw (the official ``forward_samples_set_latents``), and that layer adds no KL.
 
-        Returns (output features (B, C, H, W), [KL (B,)], log q - log p summed (B,), [posterior means]).
+        Returns (output features (B, C, H, W), [KL (B,)], log q - log p summed (B,), [posterior means]),
+        and with ``return_latents`` every layer's z [(B, Z, r, r)] last.
         """
+        temperatures = group_temperatures(temperature, self.num_groups)
         states: dict[int, torch.Tensor] = {}
-        kls, means = [], []
+        kls, means, zs = [], [], []
         log_ratio = torch.zeros(n, device=self.gain.device)
         for idx, block in enumerate(self.dec_blocks):
             r = block.resolution
@@ -130,15 +136,24 @@ class VDVAE(LatentVariableModel):
                 s = bias.expand(n, -1, -1, -1) if bias is not None else self._zeros(n, r, encoder_gelu)
             if self.mixins[idx] is not None:
                 s = s + self.unpools[str(idx)](states[self.mixins[idx]])
-            posterior = idx < num_posterior
-            s, kl, ratio, mean = self.checkpointed(block, s, encoder_gelu[r] if posterior else None, temperature)
+            fixed = latents[idx] if latents is not None and idx < len(latents) else None
+            posterior = idx < num_posterior and fixed is None
+            s, kl, ratio, mean, z = self.checkpointed(block, s, encoder_gelu[r] if posterior else None,
+                                                      temperatures[idx], fixed, posterior_mean, True)
+            zs.append(z)
             states[r] = s
             if posterior:
                 kls.append(kl)
                 log_ratio = log_ratio + ratio
                 means.append(mean)
         out = states[self.image_shape[1]] * self.gain + self.bias  # (B, C, H, W)
+        if return_latents:
+            return out, kls, log_ratio, means, zs
         return out, kls, log_ratio, means
+
+    def encoder_features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """gelu of the encoder activation at every resolution, which the posteriors read (:meth:`encode`)."""
+        return self.encode(x)
 
     def _zeros(self, n: int, r: int, encoder_gelu) -> torch.Tensor:
         ref = self.gain if encoder_gelu is None else next(iter(encoder_gelu.values()))

@@ -140,12 +140,15 @@ class TopDownBlock(nn.Module):
         self.z_proj = conv(zdim, width, 1)
         self.resnet = Block(width, middle_width, width, residual=True, use_3x3=use_3x3)
 
-    def forward(self, s: torch.Tensor, encoder_gelu: torch.Tensor | None, temperature: float = 1.0):
+    def forward(self, s: torch.Tensor, encoder_gelu: torch.Tensor | None, temperature: float = 1.0,
+                z: torch.Tensor | None = None, posterior_mean: bool = False, return_z: bool = False):
         """One layer on state s (B, C, r, r). ``encoder_gelu`` is gelu(e_r) (B, C, r, r), or None to draw
-        z from the prior at ``temperature`` (which scales its sigma).
+        z from the prior at ``temperature`` (which scales its sigma); a given ``z`` (B, Z, r, r) is used
+        instead of a prior draw, and with ``posterior_mean`` the posterior's mean instead of its draw.
 
         Returns (new state, KL per image (B,), log q(z) - log p(z) per image (B,), posterior mean
-        (B, Z, r, r), detached); without ``encoder_gelu`` the last three are None.
+        (B, Z, r, r), detached); without ``encoder_gelu`` the last three are None. With ``return_z``
+        the z the layer used comes fifth.
         """
         z_dim = self.zdim
         s_gelu = F.gelu(s)  # shared by the prior and the posterior: both start with gelu of the state
@@ -153,8 +156,9 @@ class TopDownBlock(nn.Module):
         p = DiagonalGaussian(at_least_fp32(prior_out[:, :z_dim]), at_least_fp32(prior_out[:, z_dim:2 * z_dim]))
         s = s + prior_out[:, 2 * z_dim:]
         if encoder_gelu is None:
-            z = p.rsample(temperature)  # (B, Z, r, r)
-            return self.resnet(s + self.z_proj(z.to(s.dtype))), None, None, None
+            z = p.rsample(temperature) if z is None else z  # (B, Z, r, r)
+            out = self.resnet(s + self.z_proj(z.to(s.dtype))), None, None, None
+            return (*out, z) if return_z else out
         # c1 of [s, e] split into its two halves: gelu([s, e]) = [gelu(s), gelu(e)], and no concatenation
         # is stored for backward.
         w = self.posterior.c1.weight  # (M, 2C, 1, 1)
@@ -162,13 +166,13 @@ class TopDownBlock(nn.Module):
         h = F.conv2d(s_gelu, w[:, :c], self.posterior.c1.bias) + F.conv2d(encoder_gelu, w[:, c:])
         q_out = at_least_fp32(self.posterior.branch(h))  # (B, 2Z, r, r)
         q = DiagonalGaussian(q_out[:, :z_dim], q_out[:, z_dim:])
-        z = q.rsample()  # (B, Z, r, r): mu + sigma * eps, the official draw
+        z = q.mu if posterior_mean else q.rsample()  # (B, Z, r, r): mu + sigma * eps, the official draw
         kl = q.kl(p).sum(dim=(1, 2, 3))  # (B,)
         with torch.no_grad():  # for the importance-weighted bound: log q(z) - log p(z) at this z
             log_ratio = (p.log_sigma - q.log_sigma + 0.5 * ((z - p.mu) * torch.exp(-p.log_sigma)) ** 2
                          - 0.5 * ((z - q.mu) * torch.exp(-q.log_sigma)) ** 2).sum(dim=(1, 2, 3))
         s = self.resnet(s + self.z_proj(z.to(s.dtype)))
-        return s, kl, log_ratio, q.mu.detach()
+        return (s, kl, log_ratio, q.mu.detach(), z) if return_z else (s, kl, log_ratio, q.mu.detach())
 
 
 class Unpool(nn.Module):
