@@ -7,7 +7,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 RUN ?= runs/vae_fashion
 COURSE ?= course
 
-.PHONY: setup train test layering architecture unit notebooks-check notebooks-run sync lab refresh-solutions assignments clean
+.PHONY: setup train test layering architecture unit notebooks-check notebooks-run sync lab refresh-solutions assignments site clean
 
 setup: $(STAMP) $(if $(wildcard $(FASHION)),,debian-data)
 
@@ -65,5 +65,11 @@ assignments: $(if $(wildcard $(PY)),,setup)
 lab: setup
 	$(VENV)/bin/jupyter lab
 
+# The course website in _site/html (tools/website.py): MathJax and mermaid come from npm once, then
+# the build needs no network. Read it with: python3 -m http.server --directory _site/html 8000
+site: setup
+	$(PY) tools/website.py assets
+	$(PY) tools/website.py build
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs _site
