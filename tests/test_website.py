@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import chromium
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 import website  # noqa: E402
@@ -91,3 +93,12 @@ def test_docstrings_keep_their_plain_text_bars():
     assert lines == [r"KL(q(z\|x) \|\| p(z)), max \|gamma_c\|", "the ``a|b`` literal stays"]
     assert conf.mathjax_path == "mathjax/tex-chtml.js" and conf.mermaid_use_local  # nothing from a CDN
 
+
+def test_without_chromium_the_browser_tests_skip_naming_the_package_but_fail_in_ci(monkeypatch):
+    monkeypatch.setattr(chromium, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"Debian's package `chromium`"):
+        chromium.require_browser()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"CI must run the browser tests"):
+        chromium.require_browser()
