@@ -73,7 +73,7 @@ assignments: $(if $(wildcard $(PY)),,setup)
 	$(PY) tools/assignments.py build --out $(COURSE)
 
 lab: setup
-	$(VENV)/bin/jupyter lab
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # The course website in _site/html (tools/website.py): MathJax and mermaid come from npm once, then
 # the build needs no network. Read it with: python3 -m http.server --directory _site/html 8000
