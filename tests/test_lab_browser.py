@@ -1,8 +1,8 @@
 """JupyterLab in a real browser (headless Debian Chromium driven by Playwright, tests/chromium.py).
 
-The server is the one `make lab` starts (this environment's `jupyter lab`, with the settings `make
-setup` installed: a chapter's .py opens as a notebook), on a free port with a token the test
-knows, in a scratch copy of what it serves from the repository root: `jupytext.toml`,
+The server is the one `make lab` starts (the command `make -n lab` prints, for this environment,
+with the settings `make setup` installed: a chapter's .py opens as a notebook), on a free port with
+a token the test knows, in a scratch copy of what it serves from the repository root: `jupytext.toml`,
 `nbgrader_config.py`, `chapters/01_vae.py` and the nbgrader course folder that `make assignments`
 builds. (Running cells in the repository itself would write outputs into a committed worksheet.)
 
@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -51,6 +52,15 @@ def broken_extension_message(what: str) -> str:
             "to releases that pass it.")
 
 
+def make_lab_command() -> list[str]:
+    """The command `make lab` runs, for this environment (`make -n` prints it without running it)."""
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "lab", f"VENV={sys.prefix}"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    line = next((line for line in dry.stdout.splitlines() if line.startswith(f"{sys.prefix}/bin/jupyter lab")), None)
+    assert dry.returncode == 0 and line, f"`make -n lab` shows no jupyter lab command:\n{dry.stdout}{dry.stderr}"
+    return shlex.split(line)
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """The `make lab` server in a scratch copy of the repository root; yields (base URL, token, folder)."""
@@ -71,11 +81,8 @@ def lab(tmp_path_factory):
     news.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))  # no pop-up, no request out
 
     port, token = chromium.free_port(), secrets.token_hex(16)
-    jupyter = Path(sys.executable).with_name("jupyter")
-    command = [str(jupyter), "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-               "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}"]
-    if os.geteuid() == 0:
-        command.append("--allow-root")  # as `make lab` adds for root
+    command = make_lab_command() + ["--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+                                    "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}"]
     env = dict(os.environ, HVAE_SMOKE="1", OMP_NUM_THREADS="1", JUPYTER_CONFIG_DIR=str(state / "config"),
                JUPYTERLAB_SETTINGS_DIR=str(state / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(state / "workspaces"),
                JUPYTER_RUNTIME_DIR=str(state / "runtime"))
