@@ -2,7 +2,8 @@
 Debian's packages driven by Playwright (tests/chromium.py), the site served from a local port.
 
 Every page loads with no console error and no failed request; every image decodes; every formula
-is typeset by the vendored MathJax with no error node and no TeX left as text; the architecture's
+is typeset by the vendored MathJax with no error node and no TeX left as text, and each display
+formula fits the text column at 1280 px (docs/site/_static/fit_formulas.js); the architecture's
 Mermaid picture is drawn; every internal link, and the anchor it points to, resolves; no page
 scrolls sideways on a 390 px phone; the search box finds Chapter 4 for "residual normal"; and
 screenshots of Chapter 4 at 1280 and 390 px are written to _site/screenshots/ (not committed).
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 SITE = REPO / "_site" / "html"
 SHOTS = REPO / "_site" / "screenshots"
 CHAPTER_4 = "solutions/04_nvae_taming_kl.html"
+SECTION = "the-residual-normal-posterior"  # where the screenshots look: its prose, formulas and code
 DESKTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -75,6 +77,10 @@ INSPECT = """async () => {
         images: imgs.length, undecoded: [...new Set(undecoded)],
         formulas: maths.length,
         untypeset: maths.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 80)),
+        // fit_formulas.js sets a display formula up to 25% wider than the column smaller; wider ones scroll
+        tooWide: [...document.querySelectorAll('mjx-container[display="true"]')]
+            .filter(m => m.scrollWidth > m.clientWidth + 1)
+            .map(m => `${m.scrollWidth} px in ${m.clientWidth}: ${m.closest('.math')?.textContent.slice(0, 60)}`),
         mathErrors: [...document.querySelectorAll('mjx-merror')].map(e => e.getAttribute('data-mjx-error') || e.textContent),
         rawTex: rawTex.slice(0, 5),
         diagrams: document.querySelectorAll('.mermaid').length,
@@ -202,6 +208,11 @@ def test_every_formula_typesets(crawl):
     assert sum(s["formulas"] for s in crawl["pages"].values()) > 500
 
 
+def test_every_display_formula_fits_the_column_at_1280_px(crawl):
+    wide = {n: s["tooWide"] for n, s in crawl["pages"].items() if s["tooWide"]}
+    assert not wide, f"display formulas wider than the text at 1280 px (split them over lines): {wide}"
+
+
 def test_the_architecture_picture_is_drawn(crawl):
     seen = crawl["pages"]["docs/architecture.html"]
     entries = len(re.findall(r'^    \w+\["', (REPO / "docs" / "architecture.md").read_text(), flags=re.M))
@@ -247,9 +258,9 @@ def test_screenshots_of_chapter_4(site, crawl, capsys):
     for viewport in (DESKTOP, PHONE):
         with chromium.serve(site) as base, chromium.browser_context(viewport=viewport) as context:
             page = context.new_page()
-            page.goto(base + CHAPTER_4 + "#the-residual-normal-posterior")
-            page.evaluate(SETTLE)
-            page.locator("#the-residual-normal-posterior").scroll_into_view_if_needed()
+            page.goto(base + CHAPTER_4)
+            page.evaluate(SETTLE)  # the formulas typeset first: they change the layout
+            page.evaluate("id => document.getElementById(id).scrollIntoView({block: 'start'})", SECTION)
             page.wait_for_timeout(500)
             path = SHOTS / f"chapter4_{viewport['width']}px.png"
             page.screenshot(path=str(path))

@@ -62,6 +62,7 @@ def setup(app):
 html_theme = "sphinx_book_theme"
 html_static_path = ["_static", str(ASSETS)]
 html_css_files = ["course.css"]
+html_js_files = ["fit_formulas.js"]
 html_theme_options = {
     "home_page_in_toc": True,
     "show_toc_level": 2,
