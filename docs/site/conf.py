@@ -8,7 +8,6 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 ASSETS = Path(sys.prefix) / "share" / "hvae-site"  # tools/website.py vendors MathJax and mermaid here
 
 project = "Deep hierarchical VAEs"
@@ -48,23 +47,12 @@ default_role = "code"
 add_module_names = False
 
 
-def plain_text_pipes(app, what, name, obj, options, lines):
-    """hvae_lib's docstrings write maths as plain text (``q(z|x)``, ``|gamma_c|``), where reST would
-    read ``|...|`` as a substitution: escape every | outside ``literals``."""
-    for i, line in enumerate(lines):
-        parts = re.split(r"(``.+?``)", line)
-        lines[i] = "".join(p if p.startswith("``") else p.replace("|", r"\|") for p in parts)
-
-
-def setup(app):
-    app.connect("autodoc-process-docstring", plain_text_pipes)
-
 html_theme = "sphinx_book_theme"
 html_static_path = ["_static", str(ASSETS)]
 html_css_files = ["course.css"]
 html_js_files = ["fit_formulas.js"]
 html_theme_options = {
-    "home_page_in_toc": True,
+    "home_page_in_toc": False,  # the title above the menu leads home
     "show_toc_level": 2,
     "use_download_button": False,  # each chapter has its own box: worksheet and solution notebook
     "use_fullscreen_button": False,
@@ -75,3 +63,15 @@ html_last_updated_fmt = None
 html_context = {"default_mode": "light"}  # the figures are drawn on white; an unset mode logs a console error
 html_favicon = "_static/favicon.svg"  # else the browser asks for /favicon.ico and gets a 404
 html_search_scorer = str(Path(__file__).parent / "search_scorer.js")  # chapters first at equal match; see the file
+
+
+def plain_text_pipes(app, what, name, obj, options, lines):
+    """hvae_lib's docstrings write maths as plain text (``q(z|x)``, ``|gamma_c|``), where reST would
+    read ``|...|`` as a substitution: escape every | outside ``literals``."""
+    for i, line in enumerate(lines):
+        parts = re.split(r"(``.+?``)", line)
+        lines[i] = "".join(p if p.startswith("``") else p.replace("|", r"\|") for p in parts)
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", plain_text_pipes)
