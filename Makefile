@@ -4,12 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromium
 RUN ?= runs/vae_fashion
 COURSE ?= course
 
-.PHONY: setup train test layering architecture unit notebooks-check notebooks-run sync lab refresh-solutions assignments clean
+.PHONY: setup train test layering architecture unit notebooks-check notebooks-run sync lab refresh-solutions assignments site debian-browser clean
 
-setup: $(STAMP) $(if $(wildcard $(FASHION)),,debian-data)
+setup: $(STAMP) $(if $(wildcard $(FASHION)),,debian-data) $(if $(wildcard $(CHROMIUM)),,debian-browser)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +30,19 @@ debian-data:
 	  || echo "note: could not install dataset-fashion-mnist; the data loader will try a download instead"; \
 	fi
 
+# Chromium for the browser tests (tests/test_site_browser.py, tests/test_lab_browser.py), from Debian's
+# packages when we are root on Debian, as CI is (about 2 minutes); else they skip, naming the package.
+debian-browser:
+	@if [ "$$(id -u)" = 0 ] && [ -f /etc/debian_version ] && [ ! -x $(CHROMIUM) ]; then \
+	  echo "installing Debian's chromium for the browser tests (about 2 minutes)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+	  || echo "note: could not install chromium; the browser tests will skip"; \
+	fi
+
 train: setup
 	$(PY) -m hvae_lib.train --preset vae_fashion --out $(RUN)
 
-test: setup layering notebooks-check unit notebooks-run
+test: setup layering notebooks-check site unit notebooks-run
 
 # hvae_lib's import contracts (pyproject.toml) and the picture of them in docs/architecture.md.
 layering: setup
@@ -63,7 +73,13 @@ assignments: $(if $(wildcard $(PY)),,setup)
 	$(PY) tools/assignments.py build --out $(COURSE)
 
 lab: setup
-	$(VENV)/bin/jupyter lab
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# The course website in _site/html (tools/website.py): MathJax and mermaid come from npm once, then
+# the build needs no network. Read it with: python3 -m http.server --directory _site/html 8000
+site: setup
+	$(PY) tools/website.py assets
+	$(PY) tools/website.py build
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs _site
