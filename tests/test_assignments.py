@@ -36,6 +36,8 @@ def test_points_table_in_the_instructors_guide_is_current():
         "docs/instructors.md` and commit it")
     for name, _, _ in assignments.chapters(REPO):  # every chapter is an assignment of the table
         assert f"| `{name}` |" in table
+    assert f"{assignments.RUBRICS_BEGIN}\n{assignments.rubrics(REPO)}{assignments.RUBRICS_END}" in text, (
+        "docs/instructors.md's rubrics are stale: run `python tools/assignments.py points --update docs/instructors.md`")
 
 
 def test_points_count_only_exercises_whose_grade_cell_can_fail():
@@ -174,3 +176,84 @@ def test_nbgrader_grades_chapter_1_end_to_end(tmp_path):
     assert "iw_bound: using your implementation from here on." in printed
     errors = [o.ename for c in graded.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == ["AssertionError"]  # only the broken exercise's hidden test
+
+
+# ----------------------------------------------------------------------------- the lazy student
+
+GUARD_MESSAGE = "which is the answer this check compares with"
+CHAPTERS = sorted(p.stem for p in (REPO / "solutions").glob("*.py"))
+
+
+def checked_functions(grade_cell_source):
+    """(exercise name, name of the student's function) of every check(...) in a grade cell."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(grade_cell_source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "check" and len(node.args) >= 2:
+            name, fn = node.args[0], node.args[1]
+            assert isinstance(name, ast.Constant) and isinstance(fn, ast.Name), (
+                f"check(...) must name the exercise with a string and pass the student's function by name: "
+                f"{ast.unparse(node)[:120]}")
+            found.append((name.value, fn.id))
+    return found
+
+
+def lazy_submission(release):
+    """The released worksheet answered by a student who looks every answer up: right after each
+    exercise, its function is rebound to call what the exercise's check compares with."""
+    nb = copy.deepcopy(release)
+    inserts = []
+    last_exercise = None
+    for i, cell in enumerate(nb.cells):
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and meta.get("solution") and not meta.get("grade_id", "").startswith("predict"):
+            last_exercise = i
+        if cell.cell_type == "code" and meta.get("grade") and not meta.get("solution"):
+            for name, fn in checked_functions(cell.source):
+                lazy = (f"{fn} = lambda *args, **kwargs: __import__('hvae_lib.exercises', fromlist=['reference_of'])"
+                        f".reference_of({name!r})(*args, **kwargs)  # looked up, not written")
+                inserts.append((last_exercise, lazy))
+    assert inserts, "no check(...) found in the chapter's grade cells"
+    for index, source in sorted(inserts, key=lambda x: x[0], reverse=True):
+        nb.cells.insert(index + 1, nbformat.v4.new_code_cell(source))
+    return nb
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lazy") / "course"
+    assignments.build(REPO, folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_a_student_who_calls_the_reference_scores_nothing(course, chapter):
+    """Through nbgrader's own generate_assignment and autograde (smoke mode): every autograded exercise
+    answered by calling its check's reference scores 0, each because the guard caught it, and the
+    derivations wait for a person."""
+    nbgrader(course, "generate_assignment", chapter, "--force")
+    release = nbformat.read(course / "release" / chapter / f"{chapter}.ipynb", as_version=4)
+    path = course / "submitted" / "lazy" / chapter / f"{chapter}.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(lazy_submission(release), path)
+    nbgrader(course, "autograde", chapter, "--student", "lazy", "--force")
+
+    _, _, solution = next(c for c in assignments.chapters(REPO) if c[0] == chapter)
+    exercises, _ = notebooks.graded_exercises(solution)
+    grade_cells = [e["graded_by"]["grade_id"] for e in exercises if e["graded_by"]]
+    derivations = [d["grade_id"] for d in notebooks.derivations(solution)]
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", course_id=assignments.COURSE_ID) as gradebook:
+        scores = {g: gradebook.find_grade(g, chapter, chapter, "lazy").score for g in grade_cells}
+        waiting = {d: gradebook.find_grade(d, chapter, chapter, "lazy").needs_manual_grade for d in derivations}
+        total = gradebook.find_submission(chapter, "lazy").score
+    assert scores == {g: 0 for g in grade_cells} and total == 0
+    assert all(waiting.values()), waiting
+    graded = nbformat.read(course / "autograded" / "lazy" / chapter / f"{chapter}.ipynb", as_version=4)
+    caught = [c.metadata["nbgrader"]["grade_id"] for c in graded.cells
+              if c.metadata.get("nbgrader", {}).get("grade") and c.cell_type == "code"
+              and GUARD_MESSAGE in "".join(o.get("text", "") + str(o.get("evalue", "")) for o in c.outputs)]
+    assert sorted(caught) == sorted(grade_cells), "every grade cell must fail because the guard caught the lookup"

@@ -5,7 +5,8 @@ Commands, run from the repository root (``make assignments`` runs the first):
     python tools/assignments.py build [--out course]   the nbgrader course folder
     python tools/assignments.py points                  graded exercises and points per chapter
     python tools/assignments.py points --update docs/instructors.md
-                                                        rewrite that table in the instructors' guide
+                                                        rewrite that table, and the derivations' rubrics,
+                                                        in the instructors' guide
 
 ``build`` writes, under the course folder:
 
@@ -33,6 +34,7 @@ import notebooks  # noqa: E402  (tools/notebooks.py: the same reading and pairin
 ROOT = Path(__file__).resolve().parents[1]
 COURSE_ID = "hvae-course"
 TABLE_BEGIN, TABLE_END = "<!-- points table: begin -->", "<!-- points table: end -->"
+RUBRICS_BEGIN, RUBRICS_END = "<!-- rubrics: begin -->", "<!-- rubrics: end -->"
 
 CONFIG = '''\
 # nbgrader settings of the hierarchical-VAE course, written by `make assignments`
@@ -60,7 +62,7 @@ def chapters(root=ROOT):
 
 
 def points(nb):
-    """(graded exercises, total points, predictions) of a solution notebook: exercises count when
+    """(graded exercises, autograded points, predictions) of a solution notebook: exercises count when
     their grade cell passes the pipeline's rules (notebooks.grading_problems)."""
     exercises, predictions = notebooks.graded_exercises(nb)
     graded = [e["graded_by"] for e in exercises
@@ -68,27 +70,46 @@ def points(nb):
     return len(graded), sum(g["points"] for g in graded), len(predictions)
 
 
+def substantial(nb):
+    """How many graded exercises are of substance (notebooks.SUBSTANTIAL_LINES lines of solution or more)."""
+    exercises, _ = notebooks.graded_exercises(nb)
+    return sum(1 for e in exercises if e["graded_by"] and e["lines"] >= notebooks.SUBSTANTIAL_LINES)
+
+
 def points_table(root=ROOT):
-    """The markdown table of graded exercises and points per assignment (docs/instructors.md)."""
-    rows = ["| assignment | chapter | graded exercises | points | predict-then-run questions |",
-            "|---|---|---|---|---|"]
-    total = 0
+    """The markdown table of exercises and points per assignment (docs/instructors.md)."""
+    rows = ["| assignment | chapter | graded exercises (of substance) | autograded points | derivations | "
+            "manually graded points | predict-then-run questions |", "|---|---|---|---|---|---|---|"]
+    auto_total = manual_total = 0
     for name, title, nb in chapters(root):
         n, pts, preds = points(nb)
-        total += pts
-        rows.append(f"| `{name}` | {title} | {n} | {pts} | {preds} |")
-    rows.append(f"| | **all chapters** | | **{total}** | |")
+        derived = notebooks.derivations(nb)
+        manual = sum(d["points"] for d in derived)
+        auto_total, manual_total = auto_total + pts, manual_total + manual
+        rows.append(f"| `{name}` | {title} | {n} ({substantial(nb)}) | {pts} | {len(derived)} | {manual} | {preds} |")
+    rows.append(f"| | **all chapters** | | **{auto_total}** | | **{manual_total}** | |")
     return "\n".join(rows) + "\n"
 
 
-def update_doc(path, table):
-    """Replace the text between the points-table markers of ``path``; True when it changed."""
+def rubrics(root=ROOT):
+    """Every graded derivation with its points and the rubric its solution cell gives (docs/instructors.md)."""
+    parts = []
+    for name, title, nb in chapters(root):
+        for d in notebooks.derivations(nb):
+            rubric = d["source"].split("**Rubric", 1)[1] if "**Rubric" in d["source"] else "** (none yet)"
+            rubric = rubric.split("**", 1)[1].strip(" :.\n")
+            parts.append(f"- **{title}**, `{d['grade_id']}` ({d['points']} points): {rubric}")
+    return "\n".join(parts) + "\n" if parts else "(no graded derivations yet)\n"
+
+
+def update_doc(path, table, begin=TABLE_BEGIN, end=TABLE_END):
+    """Replace the text between the ``begin`` and ``end`` markers of ``path``; True when it changed."""
     text = path.read_text(encoding="utf-8")
-    if TABLE_BEGIN not in text or TABLE_END not in text:
-        raise notebooks.PipelineError(f"{path} has no '{TABLE_BEGIN}' ... '{TABLE_END}' block to update.")
-    head, rest = text.split(TABLE_BEGIN, 1)
-    _, tail = rest.split(TABLE_END, 1)
-    new = f"{head}{TABLE_BEGIN}\n{table}{TABLE_END}{tail}"
+    if begin not in text or end not in text:
+        raise notebooks.PipelineError(f"{path} has no '{begin}' ... '{end}' block to update.")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{begin}\n{table}{end}{tail}"
     if new != text:
         path.write_text(new, encoding="utf-8")
     return new != text
@@ -155,6 +176,7 @@ def main(argv=None):
                   if names else f"{out}: no chapters found in {root / 'solutions'}")
         elif args.update:
             changed = update_doc(args.update, points_table(root))
+            changed |= update_doc(args.update, rubrics(root), RUBRICS_BEGIN, RUBRICS_END)
             print(f"{'updated' if changed else 'unchanged'}: {args.update}")
         else:
             print(points_table(root), end="")

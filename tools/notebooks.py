@@ -92,10 +92,36 @@ def make_worksheet(nb, rel):
 
 
 MIN_GRADED_EXERCISES = 4  # per chapter (the course's convention, docs/instructors.md)
+MIN_SUBSTANTIAL = 2  # graded exercises per chapter whose solution is a piece of model or training ...
+SUBSTANTIAL_LINES = 12  # ... of at least this many lines of the student's own code
+MIN_DERIVATIONS = 1  # manually graded derivations per chapter
 
 
 def nbgrader_meta(cell):
     return cell.metadata.get("nbgrader", {})
+
+
+def solution_lines(source):
+    """Lines of code a student writes in the solution regions of a cell (no blank or comment lines)."""
+    clear = ClearSolutions()
+    inside, count = False, 0
+    for line in source.split("\n"):
+        if clear.begin_solution_delimeter in line:
+            inside = True
+        elif clear.end_solution_delimeter in line:
+            inside = False
+        elif inside and line.strip() and not line.strip().startswith("#"):
+            count += 1
+    return count
+
+
+def derivations(nb):
+    """The manually graded answers: markdown cells nbgrader grades by hand (solution and grade, with
+    points), as ``[{"grade_id", "points", "cell", "source"}]``; their grade_ids start with "derive"."""
+    return [{"grade_id": nbgrader_meta(c)["grade_id"], "points": nbgrader_meta(c).get("points", 0), "cell": i,
+             "source": c.source}
+            for i, c in enumerate(nb.cells)
+            if c.cell_type == "markdown" and nbgrader_meta(c).get("solution") and nbgrader_meta(c).get("grade")]
 
 
 def graded_exercises(nb):
@@ -128,7 +154,8 @@ def graded_exercises(nb):
                 hidden = "\n".join(lines[start[0] + 1:end[0]]) if start and end else ""
                 graded_by = {"grade_id": nxt_meta["grade_id"], "points": nxt_meta.get("points", 0), "cell": j,
                              "hidden": hidden}
-        exercises.append({"grade_id": meta["grade_id"], "cell": i, "graded_by": graded_by})
+        exercises.append({"grade_id": meta["grade_id"], "cell": i, "graded_by": graded_by,
+                          "lines": solution_lines(cell.source)})
     return exercises, predictions
 
 
@@ -137,12 +164,13 @@ def grading_problems(nb, rel):
 
     Every exercise must be followed (before any other exercise) by a grade cell with points > 0
     whose hidden tests can fail (they hold an ``assert``); a chapter needs at least
-    MIN_GRADED_EXERCISES graded exercises and at least one ``use_if_correct`` (an exercise whose
-    function the chapter goes on with); every "predict" cell's function is revealed by a
-    ``reveal_prediction`` call after it.
+    MIN_GRADED_EXERCISES graded exercises, MIN_SUBSTANTIAL of them of substance (at least
+    SUBSTANTIAL_LINES lines of solution), MIN_DERIVATIONS manually graded derivations (with points
+    and a rubric), and at least one ``use_if_correct`` (an exercise whose function the chapter goes
+    on with); every "predict" cell's function is revealed by a ``reveal_prediction`` call after it.
     """
     exercises, _ = graded_exercises(nb)
-    problems, graded = [], 0
+    problems, graded, substantial = [], 0, 0
     for ex in exercises:
         g = ex["graded_by"]
         where = f"{rel}: exercise {ex['grade_id']!r} (cell {ex['cell']})"
@@ -157,9 +185,26 @@ def grading_problems(nb, rel):
                             "the hidden-test markers.")
         else:
             graded += 1
+            substantial += ex["lines"] >= SUBSTANTIAL_LINES
     if graded < MIN_GRADED_EXERCISES:
         problems.append(f"{rel}: {graded} graded exercise{'s' * (graded != 1)}; every chapter needs at least "
                         f"{MIN_GRADED_EXERCISES}.")
+    if substantial < MIN_SUBSTANTIAL:
+        problems.append(f"{rel}: {substantial} graded exercise{'s' * (substantial != 1)} of substance (a solution of "
+                        f"{SUBSTANTIAL_LINES} lines or more); every chapter needs at least {MIN_SUBSTANTIAL}, where "
+                        "the student writes a piece of the model or of training that the chapter then runs.")
+    derived = derivations(nb)
+    for d in derived:
+        where = f"{rel}: derivation {d['grade_id']!r} (cell {d['cell']})"
+        if not d["grade_id"].startswith("derive"):
+            problems.append(f"{where}: a manually graded answer's grade_id must start with 'derive'.")
+        if not d["points"] or d["points"] <= 0:
+            problems.append(f"{where} carries no points; give it points > 0.")
+        if "**Rubric" not in d["source"]:
+            problems.append(f"{where} has no '**Rubric**' paragraph after its model answer for the grader.")
+    if len(derived) < MIN_DERIVATIONS:
+        problems.append(f"{rel}: {len(derived)} graded derivations; every chapter needs at least {MIN_DERIVATIONS} "
+                        "(a markdown cell with nbgrader solution and grade set, a model answer and a rubric).")
     code = [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     if not any("use_if_correct(" in source for _, source in code):
         problems.append(f"{rel}: no use_if_correct(...): at least one exercise's function must be the one the "
