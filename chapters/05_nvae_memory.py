@@ -350,7 +350,8 @@ def cells_through_checkpoint_block(kinds, seed, width=8):
 
 # %% [markdown]
 # **Exercise 2.** Write gradient checkpointing as such a Function, `RecomputedBlock`, and
-# `checkpointed(block, *inputs)`, which applies it:
+# `checkpointed(block, *inputs)`, which applies it when gradients are on and some input needs one
+# (and otherwise simply returns `block(*inputs)`):
 #
 # - `forward(ctx, block, *inputs)`: keep the block (`ctx.block = block`) and the inputs
 #   (`ctx.save_for_backward(*inputs)`), and return `block(*inputs)` computed under `torch.no_grad()`,
@@ -373,12 +374,20 @@ def cells_through_checkpoint_block(kinds, seed, width=8):
 class RecomputedBlock(torch.autograd.Function):
     """block(*inputs) whose activations are recomputed in the backward pass instead of saved."""
 
-    # YOUR CODE HERE
-    raise NotImplementedError()
+    @staticmethod
+    def forward(ctx, block, *inputs):
+        # YOUR CODE HERE
+        raise NotImplementedError()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        # YOUR CODE HERE
+        raise NotImplementedError()
 
 
 def checkpointed(block, *inputs):
-    """block(*inputs), its activations recomputed in backward; BN running statistics updated once."""
+    """block(*inputs), its activations recomputed in backward; BN running statistics updated once.
+    Without gradients (evaluation), or when no input needs one, it is block(*inputs)."""
     # YOUR CODE HERE
     raise NotImplementedError()
 

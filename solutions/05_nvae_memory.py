@@ -363,7 +363,8 @@ def cells_through_checkpoint_block(kinds, seed, width=8):
 
 # %% [markdown]
 # **Exercise 2.** Write gradient checkpointing as such a Function, `RecomputedBlock`, and
-# `checkpointed(block, *inputs)`, which applies it:
+# `checkpointed(block, *inputs)`, which applies it when gradients are on and some input needs one
+# (and otherwise simply returns `block(*inputs)`):
 #
 # - `forward(ctx, block, *inputs)`: keep the block (`ctx.block = block`) and the inputs
 #   (`ctx.save_for_backward(*inputs)`), and return `block(*inputs)` computed under `torch.no_grad()`,
@@ -386,27 +387,34 @@ def cells_through_checkpoint_block(kinds, seed, width=8):
 class RecomputedBlock(torch.autograd.Function):
     """block(*inputs) whose activations are recomputed in the backward pass instead of saved."""
 
-    ### BEGIN SOLUTION
     @staticmethod
     def forward(ctx, block, *inputs):
+        ### BEGIN SOLUTION
         ctx.block = block
         ctx.save_for_backward(*inputs)  # the only tensors kept for the backward pass
         with torch.no_grad():  # no graph inside the block: none of its activations is saved
             return block(*inputs)
+        ### END SOLUTION
 
     @staticmethod
     def backward(ctx, grad_output):
-        inputs = [x.detach().requires_grad_(x.requires_grad) for x in ctx.saved_tensors]
+        ### BEGIN SOLUTION
+        inputs = []
+        for x, needs_grad in zip(ctx.saved_tensors, ctx.needs_input_grad[1:]):  # [0] is the block's
+            inputs.append(x.detach().requires_grad_(needs_grad))
         with torch.enable_grad(), frozen_running_stats():  # BN: batch statistics, no second update
             output = ctx.block(*inputs)  # the forward again, this time with its graph
         torch.autograd.backward(output, grad_output)  # fills the gradients of the block's parameters
-        return (None, *(x.grad for x in inputs))
-    ### END SOLUTION
+        return (None, *(x.grad if x.requires_grad else None for x in inputs))
+        ### END SOLUTION
 
 
 def checkpointed(block, *inputs):
-    """block(*inputs), its activations recomputed in backward; BN running statistics updated once."""
+    """block(*inputs), its activations recomputed in backward; BN running statistics updated once.
+    Without gradients (evaluation), or when no input needs one, it is block(*inputs)."""
     ### BEGIN SOLUTION
+    if not torch.is_grad_enabled() or not any(x.requires_grad for x in inputs):
+        return block(*inputs)  # nothing to recompute for (and the Function would lose the parameters' gradients)
     return RecomputedBlock.apply(block, *inputs)
     ### END SOLUTION
 
@@ -473,7 +481,7 @@ assert recomputed_run[-1] < 0.2 * plain_run[-1]
 # for $\mu = 0.05$, and $(1 - 0.0975)/0.0975 \approx 9.3$ steps when every batch is counted twice. The
 # running statistics forget about twice as fast, as if the momentum had been set to 0.0975.
 #
-# **Rubric** (3 points): 1 point for composing the two updates into $(1-m)^2 r_0 + (1-(1-m)^2)\,\bar x$;
+# **Rubric (3 points):** 1 point for composing the two updates into $(1-m)^2 r_0 + (1-(1-m)^2)\,\bar x$;
 # 1 point for $m' = 2m - m^2$ ($0.0975$ at $m = 0.05$); 1 point for the mean age $(1-\mu)/\mu$ with its
 # sum worked out (or another correct argument) and the values 19 and about 9.3 steps.
 
