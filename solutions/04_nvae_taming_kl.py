@@ -35,17 +35,19 @@
 #
 # **What to expect.** Full mode takes about 5 minutes on a 2-core CPU when Chapter 3's model is in
 # `runs/ch03_nvae/` (about 7 more otherwise, to train it); most of it goes to four short training
-# runs of 200 steps of the chapter's model (about 0.2 s per step) and four of 100 steps of a
-# 20-group one. In those runs the spectral regulariser ends with the sum of the reshaped-kernel
-# norms at about 83 against 87 without it, and their product about 20 times smaller — a number to
+# runs of 200 steps of the chapter's model (about 0.25 s per step) and four of 100 steps of a
+# 20-group one. Those times are for an idle machine: the committed outputs were made on a shared
+# one at a load of 7 to 10, where the run took 36 minutes (1.1–1.8 s per step, 11 minutes of CPU). In those runs the spectral regulariser ends with the sum of the reshaped-kernel
+# norms at about 84 against 88 without it, and their product about 20 times smaller — a number to
 # watch, not a Lipschitz bound for this network, whose dense 3×3 convolutions amplify up to almost
 # three times what their reshaped norm says. With and without the residual normal and spectral
 # regularisation, a 20-group model trains alike with a 20-step learning-rate warm-up and diverges
 # alike with a one-step one. KL balancing spreads the rate evenly over the groups (per element).
 # Re-estimating BatchNorm keeps the contrast of samples at low temperature (pixel standard
-# deviation about 0.34 at $t = 0.6$, against 0.27 without, and 0.355 for real images). The NVAE of
-# Chapter 3 reaches about **3.52 bits/dim** on the Fashion-MNIST test set, against 3.71 for
-# Chapter 1's VAE and 3.68 for Chapter 2's Ladder VAE.
+# deviation about 0.33 at $t = 0.6$, against 0.28 without, and 0.355 for real images). The NVAE of
+# Chapter 3 reaches about **3.52 bits/dim** on the Fashion-MNIST test set; over three seeds
+# (`benchmarks/seeds.json`) 3.525 ± 0.022, against 3.78 ± 0.10 for Chapter 1's VAE and 3.76 ± 0.10 for
+# Chapter 2's Ladder VAE, ahead of both on every seed.
 # `HVAE_SMOKE=1` runs everything in well under a minute on a few hundred images.
 
 # %%
@@ -150,7 +152,7 @@ print(f"Chapter 3 NVAE: {sum(p.numel() for p in nvae.parameters()):,} parameters
 # scale is left only as the unit of $\Delta\mu$. At $(\Delta\mu, \Delta\sigma) = (0, 1)$ the KL is
 # $\frac12(0 + 1 - 0 - 1) = 0$, whatever $\mu_p$ and $\sigma_p$ are.
 #
-# **Rubric** (3 points): 1 point for the log-ratio of the two densities with $\mu_q = \mu_p + \Delta\mu$,
+# **Rubric (3 points):** 1 point for the log-ratio of the two densities with $\mu_q = \mu_p + \Delta\mu$,
 # $\sigma_q = \sigma_p\Delta\sigma$; 1 point for the two expectations under $q$, $\sigma_q^2$ and
 # $\sigma_q^2 + \Delta\mu^2$ (with the cross term's zero mean said); 1 point for the simplified form
 # $\frac12(\Delta\mu^2/\sigma_p^2 + \Delta\sigma^2 - \log\Delta\sigma^2 - 1)$ together with the two remarks
@@ -729,6 +731,8 @@ if not SMOKE:
     assert with_sr["sum"][-1] < without_sr["sum"][-1] - 1  # the regulariser holds the reshaped norms down
     assert with_sr["log_product"][-1] < without_sr["log_product"][-1] - 1  # their product by a factor e or more
     assert with_sr["bn_sum"] < without_sr["bn_sum"]  # and the BN scales
+    assert abs(with_sr["sum"][-1] - 83.8) < 1 and abs(without_sr["sum"][-1] - 87.8) < 1  # the text's 84 against 88
+    assert 10 < math.exp(without_sr["log_product"][-1] - with_sr["log_product"][-1]) < 40  # "about 20 times smaller"
 
 
 # %% [markdown]
@@ -797,13 +801,14 @@ if not SMOKE:
     assert final[20, "without"] < 4.6 and final[20, "with"] < 4.6  # a 20-step warm-up: both train...
     assert abs(deep_runs[20, "without"]["test_bpd"] - deep_runs[20, "with"]["test_bpd"]) < 0.1  # ...alike
     assert final[1, "without"] > 6 and final[1, "with"] > 6  # a one-step warm-up: both diverge
-    assert min(peak_kl[1, label] for label in REMEDIES) > 1e7  # its KL leaps past 10^7 nats (the text: 10^8-10^9)
     assert max(peak_kl[20, label] for label in REMEDIES) < 1e4  # against a few thousand at most with the warm-up
+    assert 1e8 < min(peak_kl[1, label] for label in REMEDIES) and max(peak_kl[1, label] for label in REMEDIES) < 3e9  # the text's range
 
 # %% [markdown]
 # With the learning rate at full strength from the first step, the KL of both runs leaps to
-# PEAKS_PLACEHOLDER nats per image and training never recovers; with a 20-step warm-up both
-# train, and the remedies change little. Why do they not matter here?
+# hundreds of millions of nats per image (about $3.7\times10^8$ with the remedies and $1.2\times10^9$
+# without, against a peak of a few hundred to under two thousand with the warm-up) and training never
+# recovers; with a 20-step warm-up both train, and the remedies change little. Why do they not matter here?
 #
 # - **The posterior can follow the prior anyway.** Section 1's failure needs a posterior that
 #   cannot move with the prior. NVAE's posterior reads the top-down state as well
@@ -993,15 +998,20 @@ if not SMOKE:
     for name in diag:
         assert diag[name]["kl"].min() > 0.1  # no group collapsed in any run
     assert diag["recipe"]["spread"] < diag["no_balancing"]["spread"]  # balancing evens out the rate per element
-    assert min(diag["recipe"]["total"], diag["no_balancing"]["total"]) > diag["plain_elbo"]["total"]  # warm-up helps
+    ACTIVE = {"recipe": 1075, "no_balancing": 1061, "plain_elbo": 1052}  # the figures the text gives (of 1280)
+    assert all(abs(diag[name]["total"] - ACTIVE[name]) <= 15 for name in ACTIVE), {n: diag[n]["total"] for n in diag}
+    assert max(d["total"] for d in diag.values()) - min(d["total"] for d in diag.values()) < 0.03 * 1280  # within 3%
+    assert diag["recipe"]["spread"] < 0.12 and 0.2 < diag["no_balancing"]["spread"] < 0.4  # the text's 0.07 and 0.26
 
 # %% [markdown]
 # What the full run shows. With balancing, the KL per element comes out almost equal in all four
-# groups (a spread of about 0.07, against 0.3 without): the busiest group gives up part of its rate
-# to the others — exactly what coefficients proportional to the KL per element push towards. No
-# group collapses in any of the three runs, and the two runs with warm-up keep more units active
-# than the plain ELBO (about 1060 against 990 of 1280). Balancing itself hardly changes the active
-# units here: with four groups and 200 steps there is little to rescue. It was made for NVAE's deep
+# groups (a spread of about 0.07, against 0.26 without balancing and 0.34 for the plain ELBO): the
+# busiest group gives up part of its rate to the others — exactly what coefficients proportional to
+# the KL per element push towards. No group collapses in any of the three runs, and the three keep
+# about as many units active: 1075 with warm-up and balancing, 1061 with warm-up only, 1052 for the
+# plain ELBO, of 1280. Differences of 1–2% from one seed each say nothing either way; neither the
+# warm-up nor balancing changes the active units measurably here: with four groups and 200 steps
+# there is little to rescue. It was made for NVAE's deep
 # hierarchies of 20–30 groups, where groups that fall behind early would otherwise stay switched off.
 
 # %% [markdown]
@@ -1289,7 +1299,10 @@ if not SMOKE:
     assert plain[0.6].std() < plain[1.0].std() - 0.01  # plain samples lose contrast as t drops
     for t in temperatures:  # readjusted samples keep the data's contrast
         assert abs(readjusted[t].std() - data_std) < abs(plain[t].std() - data_std)
-    assert (round(readjusted[0.6].std().item(), 2), round(plain[0.6].std().item(), 2), round(data_std, 2)) == CONTRASTS
+    CONTRASTS = {"readjusted, t = 0.6": 0.332, "eval-mode BN, t = 0.6": 0.276, "test images": 0.355}  # the text's figures
+    shown = {"readjusted, t = 0.6": readjusted[0.6].std().item(), "eval-mode BN, t = 0.6": plain[0.6].std().item(),
+             "test images": data_std}
+    assert all(abs(shown[k] - v) < 0.006 for k, v in CONTRASTS.items()), shown
 
 # %% [markdown]
 # Why does the readjusted row keep its contrast at low temperature? BN now normalises the smaller
