@@ -35,7 +35,7 @@
 # chapter's NVAE with your checkpointing, a few dozen timed steps and memory counts, and a handful
 # of fp16 steps. The numbers of the committed run: at batch 64 the activations take about 70 times
 # the memory of the parameters, gradients and optimiser state together; checkpointing keeps about
-# a fifth of the activation memory for some 5–65% more time; bf16 keeps about 57% of it; NVAE's
+# a fifth of the activation memory for some 20–40% more time per step; bf16 keeps about 57% of it; NVAE's
 # BN-Swish trick saves about 23% more than bf16 alone on the paper's CIFAR-10 layout (the paper
 # says 18%). `HVAE_SMOKE=1` runs every cell in well under a minute on tiny data and tiny layouts;
 # the numbers are then rough, and the few assertions that need a trained model or the real layout
@@ -643,8 +643,8 @@ assert time_ratio > 1.0  # recomputation is not free
 
 # %% [markdown]
 # Both lines of the memory plot are straight: everything grows in proportion to the batch, and
-# checkpointing divides the slope by about 4.5. The time costs some 5–65% more in the committed
-# run, which shared its CPU with other work (the ratios scatter; `benchmarks/RESULTS.md` measured
+# checkpointing divides the slope by about 4.5. The time costs 20–39% more at batches 16 to 64 in the
+# committed run, and at 128 it even came out 6% faster: that run shared its CPU with other work (the ratios scatter; `benchmarks/RESULTS.md` measured
 # 1.2 times at batch 64 on an idle machine): the cells' forward runs twice. What is left when every cell is checkpointed is what is *not* inside a cell: the latent
 # distributions and KL, the likelihood, the combiner convolutions, and the one input per cell.
 #
@@ -1472,7 +1472,7 @@ assert not plans["A100 40 GB", 32].cost.grad_checkpointing and not plans[device,
 #   here about 70 times the parameters, gradients and optimiser state together.
 #   `saved_tensors_hooks` count them; by cell type the generative cells and the likelihood lead.
 # - **Gradient checkpointing** keeps one input per cell and recomputes the rest in the backward pass:
-#   about a fifth of the activation memory here for some 5–65% more time; its gradients are exactly
+#   about a fifth of the activation memory here for some 20–40% more time per step; its gradients are exactly
 #   the plain ones. With BatchNorm, the recomputation must not update the running statistics again.
 # - **Half precision**: bf16 has fp32's range and 8 significant bits, fp16 11 bits and a range that
 #   ends at 65504. Run the convolutions in it, and keep the distributions in fp32: the likelihood
