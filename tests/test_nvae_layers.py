@@ -16,7 +16,7 @@ from hvae_lib.layers.cells import (
     use_generative_cell,
 )
 from hvae_lib.layers.norms import BatchNorm2d, WNConv2d, bn_regularizer, frozen_running_stats
-from hvae_lib.layers.spectral import SpectralRegularizer
+from hvae_lib.layers.spectral import SpectralRegularizer, power_iteration
 from hvae_lib.probability.residual_normal import NVAENormal, residual_kl
 
 
@@ -74,6 +74,22 @@ def test_power_iteration_matches_the_largest_singular_value():
     total.backward()  # differentiable in the weights
     assert convs[0].weight.grad is not None and convs[0].log_weight_norm.grad is not None
     assert reg.started  # the long first run happened once
+
+
+def test_power_iteration_warm_started_from_the_top_vector_stays_there():
+    """power_iteration (the loop SpectralRegularizer runs): from the top left singular vector, one round
+    gives the top pair; from a random start, the rounds converge to it; zero rounds return v as given."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 6, 10, generator=g, dtype=torch.float64)  # (N, R, C)
+    left, values, right = torch.linalg.svd(w)
+    u, v = power_iteration(w, left[:, :, 0], torch.zeros(3, 10, dtype=torch.float64), 1)
+    sign = torch.sign((u * left[:, :, 0]).sum(1, keepdim=True))
+    torch.testing.assert_close(u * sign, left[:, :, 0])
+    torch.testing.assert_close(v * sign, right[:, 0, :])
+    u, v = power_iteration(w, F.normalize(torch.randn(3, 6, generator=g, dtype=torch.float64), dim=1), v, 300)
+    torch.testing.assert_close((torch.bmm(w, v.unsqueeze(2)).squeeze(2) * u).sum(1), values[:, 0])
+    v0 = torch.randn(3, 10, dtype=torch.float64)
+    assert power_iteration(w, u, v0, 0)[1] is v0
 
 
 def test_spectral_vectors_are_buffers_and_a_reload_continues_identically():

@@ -85,6 +85,18 @@ def forward_weight(conv: nn.Conv2d) -> torch.Tensor:
     return conv_weight(conv) if weight is None else weight
 
 
+def power_iteration(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, iterations: int):
+    """``iterations`` rounds of v <- W^T u / |W^T u|, u <- W v / |W v| on a stack of matrices
+    w (N, R, C), from the left vectors u (N, R); returns (u, v), (N, R) and (N, C). With no round,
+    ``v`` is returned as given. Norms below 1e-3 are clamped, as the official code does (Chapter 4)."""
+    for _ in range(iterations):
+        v = torch.bmm(u.unsqueeze(1), w).squeeze(1)  # (N, C) W^T u
+        v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min_(1e-3)
+        u = torch.bmm(w, v.unsqueeze(2)).squeeze(2)  # (N, R) W v
+        u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_min_(1e-3)
+    return u, v
+
+
 class SpectralRegularizer(nn.Module):
     """sum_i s_i for the given convolutions, s_i = u_i^T W_i v_i after power iteration (Chapter 4).
 
@@ -148,12 +160,7 @@ class SpectralRegularizer(nn.Module):
                 u, v = u_buf, self._columns_last(v_buf, key)  # (N_g, R), (N_g, C)
                 if update:
                     with torch.no_grad():
-                        w = weights.detach()
-                        for _ in range(num_iter):
-                            v = torch.bmm(u.unsqueeze(1), w).squeeze(1)  # (N_g, C) W^T u
-                            v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min_(1e-3)
-                            u = torch.bmm(w, v.unsqueeze(2)).squeeze(2)  # (N_g, R) W v
-                            u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_min_(1e-3)
+                        u, v = power_iteration(weights.detach(), u, v, num_iter)
                         u_buf.copy_(u)
                         v_buf.copy_(self._columns_last(v, key, inverse=True))
                 # u^T W v; with u, v constants autograd keeps only them (the gradient is u v^T)
