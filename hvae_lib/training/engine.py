@@ -270,13 +270,15 @@ class Trainer(CleanStop):
         return self.ema if self.ema is not None else self.model
 
     @torch.no_grad()
-    def evaluate(self, max_batches: int = 0) -> dict | None:
-        """Negative ELBO on the test split (EMA weights when present), in nats/image and bits/dim.
+    def evaluate(self, max_batches: int = 0, raw: bool = False) -> dict | None:
+        """Negative ELBO on the test split (EMA weights when present, the raw weights with ``raw``), in
+        nats/image and bits/dim. ``raw`` puts a model with an EMA on the footing of models without one
+        (the course's comparisons across models, Chapter 6).
 
         None when a stop signal cut it short (on any rank: the ranks agree through the final sum).
         """
         total = torch.zeros(3, device=self.device)  # (sum of -ELBO, images, ranks cut short)
-        with seeded_eval(self.eval_model, 1234 + self.rank) as model:
+        with seeded_eval(self.model if raw else self.eval_model, 1234 + self.rank) as model:
             n = len(self.data.test)
             bs = self.config.optim.batch_size // self.world
             for i, start in enumerate(range(self.rank * bs, n, bs * self.world)):
