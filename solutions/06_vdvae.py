@@ -35,7 +35,23 @@
 # 6. the exponential moving average of the weights at evaluation, and where VDVAE stands on
 #    Fashion-MNIST next to Chapters 1–4, over three seeds, every model scored the same way.
 #
-# WHAT_TO_EXPECT
+# **What to expect.** Full mode trains the chapter's 116,004-parameter, 13-layer VDVAE for 1000
+# steps (most of the run: about 7.5 minutes of CPU time on one thread on an idle machine, as
+# measured before this chapter's exercises were added; they add seconds), and a few 30-step runs.
+# The same preset at seed 0 (`vdvae_fashion` in `benchmarks/seeds.json`) reaches **3.342 bits/dim**
+# on the Fashion-MNIST test set with its EMA weights and **3.406** with its raw weights, which is
+# what section 7 compares: 0.114 below NVAE's run on the same seed (3.519), 0.282 below the Ladder
+# VAE's and 0.307 below the VAE's. That is one VDVAE seed; the comparison over three seeds is
+# pending (section 7 says how to run it). On the way, all asserted: at initialisation the top-down
+# state's variance stays at 1/3 with the 1/√N scaling and grows as N/3 without it (to within 6%, up
+# to 96 layers), while the encoder's stream stays between 0.8 and 1.2 either way; the gradient norm
+# spikes to more than four times its median and stays below a tenth of the skip threshold, and fewer
+# than 1% of the updates are skipped; the official loop with a threshold a hundred times too low
+# leaves every weight exactly where it was, without a word, while the engine stops after 20 skipped
+# updates with one sentence; an EMA at ρ = 0.9 or 0.99 evaluates better than the raw weights, one at
+# ρ = 0.999 more than a bit/dim worse; more than half of the KL sits at 14×14 and under 1% at 28×28.
+# With `HVAE_SMOKE=1` the chapter trains 20 steps on 512 images and runs in a few minutes; its
+# numbers mean nothing, and the asserts that need a trained model are skipped.
 #
 # Chapter 6b (`06b_vdvae_experiments`) runs the paper's ablations in small: 1/√N scaling against
 # none in deep models (Table 3), nearest-neighbour against learned unpooling (Fig. 5), and the same
@@ -1053,18 +1069,31 @@ if seeds_file.exists():
               f"from {values.min():.3f} to {values.max():.3f} bits/dim (raw weights)")
 else:
     print(f"{seeds_file} not found (run benchmarks/seeds.py to make it).")
-complete = all(sorted(seed_runs.get(p, {})) == [0, 1, 2] for p in SEED_NAMES)
-if complete:
-    vdvae_seeds = seed_runs["vdvae_fashion"]
-    for preset in ("nvae_fashion_1500", "lvae_fashion_learned", "vae_fashion"):
-        gaps = torch.tensor([vdvae_seeds[s] - seed_runs[preset][s] for s in range(3)], dtype=torch.float64)
-        print(f"VDVAE - {SEED_NAMES[preset]:22s} per seed: {', '.join(f'{g:+.3f}' for g in gaps.tolist())} "
-              f"(mean {gaps.mean():+.3f}, std {gaps.std():.3f})")
-    # the claim of this section: VDVAE is ahead of every earlier model on every seed
-    assert max(vdvae_seeds.values()) < min(min(seed_runs[p].values()) for p in SEED_NAMES if p != "vdvae_fashion")
+vdvae_seeds = seed_runs.get("vdvae_fashion", {})
+for preset in ("nvae_fashion_1500", "lvae_fashion_learned", "vae_fashion"):
+    common = sorted(set(vdvae_seeds) & set(seed_runs.get(preset, {})))
+    if common:
+        gaps = [vdvae_seeds[s] - seed_runs[preset][s] for s in common]
+        print(f"VDVAE - {SEED_NAMES[preset]:22s} seeds {common}: {', '.join(f'{g:+.3f}' for g in gaps)}")
+if vdvae_seeds:  # what the text below says of the seeds in the file
+    assert round(vdvae_seeds[0], 3) == 3.406  # seed 0: the raw weights' test bits/dim
+    assert [round(vdvae_seeds[0] - seed_runs[p][0], 3) for p in ("nvae_fashion_1500", "lvae_fashion_learned",
+                                                                 "vae_fashion")] == [-0.114, -0.282, -0.307]
+    earlier_best = min(min(seed_runs[p].values()) for p in seed_runs if p != "vdvae_fashion")
+    assert round(earlier_best, 3) == 3.507  # NVAE's best seed
+    assert max(vdvae_seeds.values()) < earlier_best  # every VDVAE seed ahead of every earlier model's every seed
+    assert round(stored["vdvae_fashion"]["0"]["test_bpd"], 3) == 3.342  # seed 0's EMA weights (not compared)
 
 # %% [markdown]
-# TEXT_WHERE_IT_STANDS
+# On seed 0 — the only `vdvae_fashion` seed in `benchmarks/seeds.json` when this was written —
+# VDVAE's raw weights score 3.406 bits/dim (3.342 with the EMA, which the comparison does not use):
+# 0.114 below NVAE's seed 0, 0.282 below the Ladder VAE's and 0.307 below the VAE's, and below every
+# seed of every earlier model (NVAE's best is 3.507). The cell asserts these figures and that no
+# VDVAE seed in the file is behind any earlier model's seed. One seed is one draw, so the ranking
+# is not settled yet: seeds 1 and 2 of `vdvae_fashion` are pending. Train them with
+# `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/seeds.py --presets vdvae_fashion`
+# (about 13 CPU minutes a seed, resumable; seed 0 is read, not trained again); the cell above then
+# prints the paired differences of every seed, and fails if a VDVAE seed falls behind.
 #
 # ## Summary
 #
