@@ -27,7 +27,20 @@
 # grouped model (*a graded derivation* and *exercise 4*) and the grouped top-down pass itself
 # (*exercise 5*, which measures the Table 1 models).
 #
-# WHAT_TO_EXPECT
+# **What to expect.** Full mode trains five models with the same 69 latent layers for 150 steps each
+# (the baseline with 121,060 parameters; without 1/√N; with a learned upsampler, 135,700; at
+# stochastic depth 20 and 4): about 5.5 minutes of CPU time on one thread on an idle machine, as
+# measured for five runs of this size before this version of the chapter; on a machine loaded 7
+# times over each run takes about 8 minutes of wall time. The cells assert what holds on this
+# notebook's own run: the scale factors multiply exactly the weights they should; without them the
+# 69-layer model's training loss trails by more than 0.3 bits/dim at step 50; no update is skipped
+# either way; with the learned upsampler the two 1×1 layers carry less than 0.01 nats while with
+# nearest neighbours they carry more than 0.1 and the very first layer is used; grouping keeps the
+# layers and parameters and gives stochastic depth 69, 20 and 4. Which variant ends with the lower
+# test loss is read over three seeds, and those runs are pending: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/seeds.py --presets ch06b` trains them (see each
+# section). With `HVAE_SMOKE=1` every run takes 5 steps on 512 images (about 10 minutes of wall
+# time and 2.5 of CPU on a loaded machine); its numbers mean nothing, and the asserts that need
+# trained models are skipped.
 
 # %%
 import functools
@@ -65,6 +78,7 @@ STEPS = 5 if SMOKE else get_preset("vdvae_fashion_deep").optim.max_steps
 data = load_dataset("fashion_mnist", test_limit=256 if SMOKE else 2000)
 x_test = torch.stack([data.test[i][0] for i in range(len(data.test))])  # (N, 1, 28, 28)
 print(f"smoke mode: {SMOKE}; {STEPS} steps per run")
+assert SMOKE or STEPS == 150  # the number of steps the text gives
 
 
 def train(preset, prepare=None):
@@ -112,10 +126,6 @@ def seed_table(presets, baseline="vdvae_fashion_deep"):
     return table
 
 
-def three_seeds(table):
-    return all(sorted(per_seed) == [0, 1, 2] for per_seed in table.values())
-
-
 DEEP = get_preset("vdvae_fashion_deep").model
 ENCODER, DEEP_DEC = DEEP.enc_blocks, DEEP.dec_blocks
 
@@ -128,7 +138,7 @@ ENCODER, DEEP_DEC = DEEP.enc_blocks, DEEP.dec_blocks
 # be skipped. Chapter 6 derived and measured what the scaling changes at initialisation: the
 # top-down state's variance, $N/3$ without it. Here a model with 69 latent layers (two at 1×1,
 # sixty-one at 7×7, five at 14×14, one at 28×28, width 16: the preset `vdvae_fashion_deep`) trains
-# for STEPS steps each way.
+# for 150 steps each way (5 in smoke mode).
 #
 # The factor comes from the architecture strings alone: $\sqrt{1/N}$, $N$ the number of blocks in the
 # tower — the encoder's blocks for the encoder's residual branches, the decoder's latent layers for
@@ -195,7 +205,7 @@ for name in scaled_names:
 assert len(scaled_names) == len(with_scaling.encoder.enc_blocks) + 2 * with_scaling.num_groups  # and nothing else
 
 # %% [markdown]
-# **Predict, then run.** After STEPS steps, how many bits/dim higher (positive) is the training loss
+# **Predict, then run.** After 150 steps, how many bits/dim higher (positive) is the training loss
 # of the unscaled model than the scaled one's (both averaged over the last 25 steps)?
 
 # %% nbgrader={"grade": false, "grade_id": "predict01_unscaled_gap", "locked": false, "schema_version": 3, "solution": true, "task": false}
@@ -229,11 +239,16 @@ if not SMOKE:  # this seed's run; the seeds below say whether it holds
 
 # %%
 table3 = seed_table(["vdvae_fashion_deep", "vdvae_fashion_deep_unscaled"])
-if three_seeds(table3):
-    SCALING_ASSERTS = None
 
 # %% [markdown]
-# TEXT_TABLE3
+# The run above is one seed: the training losses at step 50 and at the end, and the test losses,
+# are printed above, and the asserts hold only what is sure on it (a gap of more than 0.3 bits/dim
+# at step 50; no update skipped either way, where the paper's unscaled deep models needed many
+# skips). Whether the scaling still leaves the model ahead on the test set after 150 steps, and by
+# how much against the spread between seeds, is pending: the table above is empty until
+# `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/seeds.py --presets ch06b` has trained the chapter's five presets for seeds 0, 1 and 2 (about a CPU minute each,
+# resumable) into `benchmarks/seeds_ch06b.json`. It then prints each seed and the paired
+# difference from the baseline, the same seed meaning the same batches.
 #
 # ## 2. Nearest-neighbour against learned unpooling (Fig. 5 in small)
 #
@@ -406,11 +421,13 @@ if not SMOKE:  # this seed's run; the seeds below say how the losses compare
 
 # %%
 fig5 = seed_table(["vdvae_fashion_deep", "vdvae_fashion_deep_learned"])
-if three_seeds(fig5):
-    UNPOOL_ASSERTS = None
 
 # %% [markdown]
-# TEXT_FIG5
+# The run above shows the paper's finding in small on one seed, asserted: with the learned
+# upsampler the two 1×1 layers carry next to nothing (under 0.01 nats) while with nearest
+# neighbours they carry more than 0.1 nats and the very first layer is used. How the two test
+# losses compare is not read from one seed: the three-seed runs are pending (`OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/seeds.py --presets ch06b`; the cell above
+# then prints them and their differences from the baseline).
 #
 # ## 3. The same layers, a lower stochastic depth (Table 1 in small)
 #
@@ -554,7 +571,7 @@ ok_grouped = check("grouped_top_down", student_grouped, reference_grouped, group
 
 
 # %% [markdown]
-# **Predict, then run.** After STEPS steps, how many bits/dim higher (positive) is the test loss of
+# **Predict, then run.** After 150 steps, how many bits/dim higher (positive) is the test loss of
 # the model with stochastic depth 4 than the 69-layer model's — the same layers and parameters?
 
 # %% nbgrader={"grade": false, "grade_id": "predict02_shallow_stochastic_gap", "locked": false, "schema_version": 3, "solution": true, "task": false}
@@ -597,15 +614,32 @@ assert all(torch.isfinite(kl).all() and (kl > -1e-4).all() for kl in kl_by_depth
 
 # %%
 table1_seeds = seed_table(["vdvae_fashion_deep", "vdvae_fashion_deep_stoch20", "vdvae_fashion_deep_stoch4"])
-if three_seeds(table1_seeds):
-    DEPTH_ASSERTS = None
 
 # %% [markdown]
-# TEXT_TABLE1
+# The paper's gap — 4.30 against 3.95 nats per dimension from 3 to 48 stochastic layers — came from
+# long training; here each model has 150 steps, and the test losses printed above are one seed
+# each. What is asserted holds by construction and by measurement on this run: the three models
+# have the same 69 layers and parameters, their stochastic depths are 69, 20 and 4, and your grouped
+# pass gives every layer a finite, non-negative KL. Whether a lower stochastic depth costs anything
+# at this size and budget, against the spread between seeds, is pending: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/seeds.py --presets ch06b` trains the three
+# presets for seeds 0, 1 and 2, and the cell above then prints them with their differences from
+# the 69-layer model.
 #
 # ## Summary
 #
-# SUMMARY
+# - **1/√N scaling** (Table 3 in small): the factors come from the architecture strings alone
+#   (exercise 1) and multiply exactly the last convolution of every residual branch and every $z$
+#   projection. Without them the 69-layer model trails early in training (by more than 0.3
+#   bits/dim at step 50 on this run); no update is skipped either way.
+# - **Unpooling** (Fig. 5 in small): a learned upsampler is one learned patch per pixel (exercise
+#   2), of which nearest neighbour is the identity case; with it the two 1×1 layers stay silent, as
+#   in the paper, while with nearest neighbours the first layer is used. The information profile
+#   (exercise 3) shows where the KL sits.
+# - **Stochastic depth** (Table 1 in small): grouping $k$ layers that read one state keeps every
+#   layer and parameter and lowers the number of sequential draws to $\sum_r \lceil n_r / k \rceil$
+#   (the derivation and exercise 4); your grouped top-down pass (exercise 5) measures the models.
+# - Every comparison of test losses between these variants waits for three seeds (`OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/seeds.py --presets ch06b`); one run
+#   each is not a result.
 #
 # **Next:** Chapter 7 shows what the depth buys in theory — an N-layer VAE generalises an
 # autoregressive model — and, with Chapter 6's model, what each resolution of the hierarchy decides.
