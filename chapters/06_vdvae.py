@@ -12,39 +12,50 @@
 # NVAE (Chapters 3–4) made hierarchical VAEs work on real images with a toolbox: BatchNorm,
 # squeeze-and-excitation, depthwise convolutions, residual-normal posteriors, spectral
 # regularisation, KL warm-up and balancing, flows. Child (2021) asked a different question: what if
-# the hierarchy is simply made *much deeper* — 43 latent layers for CIFAR-10, 78 for ImageNet-32 —
-# and almost everything else is taken away? The answer, the Very Deep VAE (VDVAE), beat NVAE and the
-# best autoregressive PixelCNNs of its time with fewer parameters. What it keeps is small: a plain
-# bottleneck residual block, a top-down block, a careful initialisation, and gradient skipping.
+# the hierarchy is simply made *much deeper* — 45 latent layers for CIFAR-10 in the paper's Table 4
+# (the released configuration has 43), 78 for ImageNet-32 — and almost everything else is taken
+# away? The answer, the Very Deep VAE (VDVAE), beat NVAE (2.87 against 2.91 bits/dim on CIFAR-10)
+# and the PixelCNNs the paper compares with — PixelCNN, Gated PixelCNN and PixelCNN++ — with fewer
+# parameters; not every autoregressive model of its time: PixelSNAIL (2.85 bits/dim) stays ahead on
+# CIFAR-10. What it keeps is small: a plain bottleneck residual block, a top-down block, a careful
+# initialisation, and gradient skipping.
 #
 # **You will learn**
 # 1. what VDVAE dropped from NVAE, and why depth is enough (Proposition 1, shown in Chapter 7);
-# 2. the bottleneck block and the top-down block: prior, posterior and state (*exercise 1*);
-# 3. the architecture strings that describe a whole network in one line (*exercise 2*);
-# 4. the 1/√N initialisation (*exercise 3*, which initialises the model this chapter trains), and
-#    what it keeps bounded — measured, with a surprise about PyTorch's default weights;
-# 5. gradient skipping (*exercise 4*): the gradient-norm trace and its spikes, the share of skipped
-#    updates, and the silent freeze a too-low threshold causes in the official training loop,
-#    against the library's clear stop;
+# 2. the bottleneck block and the top-down layer: prior, posterior and state (*exercise 1*);
+# 3. the architecture strings that describe a whole network in one line (*exercise 2*), and the
+#    top-down tower they describe, with its bias inputs, mix-ins and unpooling (*exercise 3*, which
+#    the chapter then runs on its trained model);
+# 4. the 1/√N initialisation (*exercise 4*, which initialises the model this chapter trains), what
+#    it keeps bounded — derived (*a graded derivation* and *exercise 5*) and measured, with a
+#    surprise about PyTorch's default weights;
+# 5. the VDVAE update: clipping, skipping and the EMA (*exercise 6*); the gradient-norm trace and
+#    its spikes, the share of skipped updates, and the silent freeze a too-low threshold causes in
+#    the official training loop — run with your update — against the library's clear stop;
 # 6. the exponential moving average of the weights at evaluation, and where VDVAE stands on
-#    Fashion-MNIST next to Chapters 1–4.
+#    Fashion-MNIST next to Chapters 1–4, over three seeds, every model scored the same way.
 #
-# **What to expect.** Full mode takes about 7.5 minutes of CPU time on one thread, most of it the
-# 1000 training steps of the chapter's 116,004-parameter, 13-layer VDVAE (10.3 minutes of wall time on
-# a shared 2-core machine at load 5). That model reaches **3.345 bits/dim** on the Fashion-MNIST test
-# set with its EMA weights, below Chapters 3–4's NVAE (3.519), the Ladder VAE (3.688) and the VAE
-# (3.713). On the way: at initialisation the top-down state's variance stays at 1/3 with the 1/√N
-# scaling and grows as N/3 without it (32 at 96 layers); the gradient norm spikes to five times its
-# median, far below the skip threshold (no update is skipped); the official loop with a threshold a
-# hundred times too low leaves every weight exactly where it was, without a word, while the engine
-# stops after 20 skipped updates with one sentence; an EMA at ρ = 0.99 evaluates 0.05 bits/dim better
-# than the raw weights, one at ρ = 0.999 1.6 bits/dim worse. With `HVAE_SMOKE=1` the chapter trains 20
-# steps on 512 images and runs in under a minute; its numbers mean nothing, and the asserts that need
-# a trained model are skipped.
+# **What to expect.** Full mode trains the chapter's 116,004-parameter, 13-layer VDVAE for 1000
+# steps (most of the run: about 7.5 minutes of CPU time on one thread on an idle machine, as
+# measured before this chapter's exercises were added; they add seconds), and a few 30-step runs.
+# The same preset at seed 0 (`vdvae_fashion` in `benchmarks/seeds.json`) reaches **3.342 bits/dim**
+# on the Fashion-MNIST test set with its EMA weights and **3.406** with its raw weights, which is
+# what section 7 compares: 0.114 below NVAE's run on the same seed (3.519), 0.282 below the Ladder
+# VAE's and 0.307 below the VAE's; seed 1 gives 3.459, 0.048 below NVAE's. Seed 2 is pending, and
+# with it the comparison over three seeds (section 7 says how to run it). On the way, all asserted: at initialisation the top-down
+# state's variance stays at 1/3 with the 1/√N scaling and grows as N/3 without it (to within 6%, up
+# to 96 layers), while the encoder's stream stays between 0.8 and 1.2 either way; the gradient norm
+# spikes to more than four times its median and stays below a tenth of the skip threshold, and fewer
+# than 1% of the updates are skipped; the official loop with a threshold a hundred times too low
+# leaves every weight exactly where it was, without a word, while the engine stops after 20 skipped
+# updates with one sentence; an EMA at ρ = 0.9 or 0.99 evaluates better than the raw weights, one at
+# ρ = 0.999 more than a bit/dim worse; more than half of the KL sits at 14×14 and under 1% at 28×28.
+# With `HVAE_SMOKE=1` the chapter trains 20 steps on 512 images and runs in a few minutes; its
+# numbers mean nothing, and the asserts that need a trained model are skipped.
 #
 # Chapter 6b (`06b_vdvae_experiments`) runs the paper's ablations in small: 1/√N scaling against
-# none in deep models (Table 3), nearest-neighbour against learned unpooling (Fig. 5), and depth
-# against width at a fixed parameter budget (Table 1).
+# none in deep models (Table 3), nearest-neighbour against learned unpooling (Fig. 5), and the same
+# layers with a lower stochastic depth (Table 1).
 
 # %%
 import copy
@@ -58,20 +69,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import json
+
 from hvae_lib.analysis import diagnostics
 from hvae_lib.analysis.plotting import earlier_run_bpd, plot_where_it_stands, read_metrics, show_grid
 from hvae_lib.config import override
 from hvae_lib.data import load_dataset
 from hvae_lib.data.contract import dataset_info
 from hvae_lib.evaluate import evaluate
-from hvae_lib.exercises import assert_matches, check, reveal_prediction, smoke_mode, use_if_correct
+from hvae_lib.exercises import assert_matches, check, resolve, reveal_prediction, smoke_mode, use_if_correct
 from hvae_lib.models import build_model
 from hvae_lib.models.presets import get_preset
 from hvae_lib.models.vdvae import VDVAE
 from hvae_lib.models.vdvae_arch import parse_decoder, parse_encoder
-from hvae_lib.models.vdvae_parts import Block, TopDownBlock, official_init_
+from hvae_lib.models.vdvae_parts import Block, TopDownBlock
+from hvae_lib.probability.objectives import elbo
 from hvae_lib.training.engine import Trainer, TrainingError
-from hvae_lib.training.optim import should_skip
 
 SMOKE = smoke_mode()
 torch.manual_seed(0)
@@ -109,7 +122,7 @@ def paper_model(preset: str) -> nn.Module:
 # | posterior | residual normal relative to the prior, optional flows | a plain diagonal Gaussian from [state, encoder] |
 # | keeping the KL tame | spectral regularisation, KL warm-up, KL balancing | none of them |
 # | keeping training stable | the above, soft clamps | 1/√N initialisation, gradient clipping and **skipping** |
-# | latent groups, CIFAR-10 | 30 (at 16×16) | 43 (from 1×1 to 32×32) |
+# | latent groups, CIFAR-10 | 30 (at 16×16) | 45 in the paper's Table 4; 43 in the released configuration (from 1×1 to 32×32) |
 # | parameters, CIFAR-10 | 130.9 M | 39.1 M |
 #
 # Why should depth alone help? The paper's Proposition 1: a VAE with as many latent layers as the
@@ -123,9 +136,10 @@ def paper_model(preset: str) -> nn.Module:
 
 # %%
 vdvae_cifar, nvae_cifar = paper_model("vdvae_cifar10"), paper_model("nvae_cifar10")
-print(f"VDVAE, CIFAR-10: {param_count(vdvae_cifar):,} parameters in {vdvae_cifar.num_groups} latent layers")
+print(f"VDVAE, CIFAR-10: {param_count(vdvae_cifar):,} parameters in {vdvae_cifar.num_groups} latent layers "
+      f"(the released configuration; the paper's Table 4 says 45)")
 print(f"NVAE,  CIFAR-10: {param_count(nvae_cifar):,} parameters in {nvae_cifar.num_groups} latent groups")
-assert param_count(vdvae_cifar) == 39_145_700  # the official model's count, exactly
+assert param_count(vdvae_cifar) == 39_145_700 and vdvae_cifar.num_groups == 43  # the official model, exactly
 assert param_count(nvae_cifar) == 130_852_480 and vdvae_cifar.num_groups > nvae_cifar.num_groups
 
 # %% [markdown]
@@ -166,6 +180,40 @@ assert param_count(plain) > 10 * param_count(block)
 # (`block.posterior`, `block.prior`, `block.z_proj`, `block.resnet`, and `block.zdim` = Z, the
 # latent channels). Return the new state and the KL summed over each image's latent elements. Draw
 # the noise with `torch.randn_like(q_mu)`, once, so that your $z$ can be compared with the library's.
+# Write the layer from these networks: calling the block itself (`block(s, e)`, the library's
+# `TopDownBlock.forward`) is the answer the check compares with, and it says so.
+#
+# The check runs your layer and the library's `TopDownBlock` on the same state, activation and
+# noise (the same random seed before each), for blocks whose weights were moved off their initial
+# values so that every network matters; `student_layer` below is what it calls.
+
+# %%
+def layer_case(seed, width, z_dim, res, batch=3):
+    """(block, state, encoder activation, seed) for a block whose weights were moved off their initial values."""
+    torch.manual_seed(seed)
+    blk = TopDownBlock(width, width // 4, z_dim, res)
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # the prior's last conv starts at zero: move it
+    return blk, torch.randn(batch, width, res, res), torch.randn(batch, width, res, res), seed
+
+
+def layer_cases(seed=0):
+    return {"8x8, width 16, Z = 4 (3x3 convolutions)": layer_case(seed, 16, 4, 8),
+            "1x1, width 8, Z = 2 (1x1 convolutions)": layer_case(seed + 1, 8, 2, 1),
+            "a batch of one at 4x4, width 32, Z = 8": layer_case(seed + 2, 32, 8, 4, batch=1)}
+
+
+def library_layer(blk, s, e, seed):
+    torch.manual_seed(seed)
+    new_s, kl, _, _ = blk(s, F.gelu(e))  # the library takes gelu(e), computed once per resolution
+    return new_s, kl
+
+
+def student_layer(blk, s, e, seed):
+    torch.manual_seed(seed)
+    return tuple(top_down_layer(blk, s, e))
+
 
 # %% nbgrader={"grade": false, "grade_id": "ex01_top_down_layer", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def top_down_layer(block, s, e):
@@ -175,38 +223,9 @@ def top_down_layer(block, s, e):
     raise NotImplementedError()
 
 
-# %% [markdown]
-# The check runs your layer and the library's `TopDownBlock` on the same state, activation and
-# noise (the same random seed before each), for blocks whose weights were moved off their initial
-# values so that every network matters.
-
-# %%
-def layer_cases(seed=0):
-    cases = []
-    for i, (width, z_dim, res) in enumerate([(16, 4, 8), (32, 8, 4), (8, 2, 1)]):
-        torch.manual_seed(seed + i)
-        blk = TopDownBlock(width, width // 4, z_dim, res)
-        with torch.no_grad():
-            for p in blk.parameters():
-                p.add_(0.1 * torch.randn_like(p))  # the prior's last conv starts at zero: move it
-        cases.append((blk, torch.randn(3, width, res, res), torch.randn(3, width, res, res), seed + i))
-    return cases
-
-
-def library_layer(blk, s, e, seed):
-    torch.manual_seed(seed)
-    new_s, kl, _, _ = blk(s, F.gelu(e))  # the library takes gelu(e), computed once per resolution
-    return torch.cat([new_s.flatten(1), kl[:, None]], dim=1)
-
-
-def student_layer(blk, s, e, seed):
-    torch.manual_seed(seed)
-    new_s, kl = top_down_layer(blk, s, e)
-    return torch.cat([new_s.flatten(1), kl[:, None]], dim=1)
-
-
 # %% nbgrader={"grade": true, "grade_id": "ex01_top_down_layer_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-ok_layer = check("top_down_layer", student_layer, library_layer, layer_cases())
+ok_layer = check("top_down_layer", student_layer, library_layer, layer_cases(),
+                 forbid=("hvae_lib.models.vdvae_parts:TopDownBlock.forward",))
 
 
 # %% [markdown]
@@ -245,10 +264,12 @@ def library_blocks(text):
 
 fashion = get_preset("vdvae_fashion").model
 cifar = get_preset("vdvae_cifar10").model
-string_cases = [(text,) for text in (cifar.enc_blocks, cifar.dec_blocks, fashion.enc_blocks, fashion.dec_blocks, "8x2")]
+STRING_KINDS = ("an encoder string (RxN, RdK)", "a decoder string (RxN, RmS)", "single blocks (R alone)")
+string_cases = dict(zip(STRING_KINDS, [(cifar.enc_blocks,), (fashion.dec_blocks,), ("1,4m1,4,8m4",)]))
 
 # %% nbgrader={"grade": true, "grade_id": "ex02_parse_blocks_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-ok_parse = check("parse_blocks", parse_blocks, library_blocks, string_cases)
+ok_parse = check("parse_blocks", parse_blocks, library_blocks, string_cases,
+                 forbid=("hvae_lib.models.vdvae_arch:parse_encoder", "hvae_lib.models.vdvae_arch:parse_decoder"))
 
 # %% [markdown]
 # The official parser accepts anything and fails later, or quietly builds something else: `32d2`
@@ -264,9 +285,11 @@ for text in ("1x1,4m1,32d2", "1x1,4m3,32m4", "32x3,16x3"):
         assert "\n" not in str(err) and "Bad token" in str(err)
 
 # %% [markdown]
-# Where the CIFAR-10 model puts its 43 latent layers, and the chapter's Fashion-MNIST model
-# (`vdvae_fashion`: 28×28 images, pooled 28 → 14 → 7 → 1). Most layers sit at the high
-# resolutions, where most of the pixels are: Chapter 6b measures why (the paper's Table 1).
+# Where the CIFAR-10 model puts its latent layers (43 in the released configuration; the paper's
+# Table 4 lists 45), and the chapter's Fashion-MNIST model (`vdvae_fashion`: 28×28 images, pooled
+# 28 → 14 → 7 → 1). Most layers sit at the high resolutions, where most of the pixels are: the
+# paper's Table 1 (right) found that, for 48 layers, putting more of them at high resolutions gave
+# the lower loss.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 2.6))
@@ -277,7 +300,98 @@ for ax, (name, dec) in zip(axes, [("CIFAR-10 (vdvae_cifar10)", get_preset("vdvae
     ax.bar([f"{r}x{r}" for r in levels], [resolutions.count(r) for r in levels])
     ax.set(title=f"{name}: {len(resolutions)} latent layers", xlabel="resolution", ylabel="latent layers")
 plt.tight_layout()
-assert [r for r, _ in library_blocks(get_preset("vdvae_cifar10").model.dec_blocks)].count(32) == 22
+cifar_layers = [r for r, _ in library_blocks(get_preset("vdvae_cifar10").model.dec_blocks)]
+assert len(cifar_layers) == 43 and cifar_layers.count(32) == 22
+
+# %% [markdown]
+# **The top-down tower.** The decoder string says in which order the layers run and where a state
+# is mixed in. The whole top-down pass during inference, given the encoder's activation $e_r$ at
+# every resolution $r$ (`model.encoder(model.normalise(x))`, a dict), is:
+#
+# 1. the state at each resolution starts, the first time a layer needs it, from a learned bias
+#    input $b_r$ (`model.bias_xs[str(r)]`, shape (1, C, r, r), expanded over the batch) where the
+#    model has one, and from zeros (`model.widths[r]` channels) where it has none (above
+#    `no_bias_above`);
+# 2. a layer `RmS` (`model.mixins[i]` = S, else None) first adds the state at $S$, unpooled to $R$ by
+#    **nearest neighbour** — each pixel repeated over an $f \times f$ block, $f = R/S$ — keeping its
+#    first `model.widths[R]` channels;
+# 3. then the layer runs (`layer(block, s, e_r)`: your Exercise 1, or the library's) and its output
+#    becomes the state at its resolution;
+# 4. at the end, the state at the image's resolution $H$ (`model.image_shape[1]`) is scaled and
+#    shifted, `s * model.gain + model.bias`: the features the likelihood reads.
+#
+# **Exercise 3.** Write that pass. Return the features (B, C, H, W) and the KL of every layer,
+# stacked in the layers' order: (B, L). Unpool with tensor operations of your own
+# (`repeat_interleave`, or indexing): the model's `Unpool` modules and its `top_down` are what the
+# check compares with. The chapter draws its KL per layer of the trained model with your pass
+# (section 7).
+
+# %%
+def perturbed_vdvae(seed, image_size=28, **arch):
+    """A small VDVAE whose every weight, bias input, gain and bias was moved off its initial value."""
+    torch.manual_seed(seed)
+    model = VDVAE((1, image_size, image_size), 8, width=16, zdim=2, num_mixtures=2, **arch)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def library_layer_fn(blk, s, e):
+    """The library's top-down layer with Exercise 1's signature: (new state, KL per image)."""
+    return blk(s, F.gelu(e))[:2]
+
+
+def library_tower(model, activations, layer):
+    """The library's top-down pass (its own layers: ``layer`` is not used) as (features, KL (B, L))."""
+    encoder_gelu = {r: F.gelu(a) for r, a in activations.items()}
+    features, kls, _, _ = model.top_down(next(iter(activations.values())).shape[0], encoder_gelu, model.num_groups)
+    return features, torch.stack(kls, dim=1)
+
+
+def tower_of(tower, model, x, seed):
+    with torch.no_grad():
+        activations = model.encoder(model.normalise(x))  # {r: (B, C_r, r, r)}
+        torch.manual_seed(seed)  # the same z noise for both towers: they draw it in the same order
+        return tower(model, activations, library_layer_fn)
+
+
+def student_tower(model, x, seed):
+    return tower_of(top_down_pass, model, x, seed)
+
+
+def reference_tower(model, x, seed):
+    return tower_of(library_tower, model, x, seed)
+
+
+FASHION_ARCH = dict(enc_blocks=fashion.enc_blocks, dec_blocks=fashion.dec_blocks)
+SIXTEEN_ARCH = dict(enc_blocks="16x1,16d4,4x1,4d4,1x1", dec_blocks="1x1,4m1,4x1,16m4,16x1", no_bias_above=4)
+
+
+def tower_cases(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"the chapter's layout (1x1 to 28x28, mix-ins by 7 and 2)": (perturbed_vdvae(seed, **FASHION_ARCH),
+                                                                       torch.rand(3, 1, 28, 28, generator=g), seed),
+            "a mix-in by 4 and no bias input above 4x4 (zeros)": (perturbed_vdvae(seed + 1, 16, **SIXTEEN_ARCH),
+                                                                  torch.rand(2, 1, 16, 16, generator=g), seed + 1),
+            "a batch of one": (perturbed_vdvae(seed + 2, **FASHION_ARCH), torch.rand(1, 1, 28, 28, generator=g), seed)}
+
+
+# %% nbgrader={"grade": false, "grade_id": "ex03_top_down_pass", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def top_down_pass(model, activations, layer):
+    """The top-down tower during inference: (features (B, C, H, W), KL of every layer (B, L))."""
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex03_top_down_pass_test", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
+ok_tower = check("top_down_pass", student_tower, reference_tower, tower_cases(),
+                 forbid=("hvae_lib.models.vdvae:VDVAE.top_down", "hvae_lib.models.vdvae:VDVAE.forward",
+                         "hvae_lib.models.vdvae_parts:Unpool.forward"))
+
+# %%
+tower_fn = use_if_correct("top_down_pass", top_down_pass, library_tower, ok_tower)
+layer_fn = use_if_correct("top_down_layer", top_down_layer, library_layer_fn, ok_layer)
 
 # %% [markdown]
 # ## 4. The 1/√N initialisation
@@ -291,74 +405,87 @@ assert [r for r, _ in library_blocks(get_preset("vdvae_cifar10").model.dec_block
 # convolution to zero: at initialisation every prior is exactly $\mathcal{N}(0, I)$ and adds nothing to the
 # state. All convolutions start with PyTorch's default weights and zero biases.
 #
-# **Exercise 3.** Write the official initialisation of a whole `VDVAE`, in place: zero every
+# **Exercise 4.** Write the official initialisation of a whole `VDVAE`, in place: zero every
 # `nn.Conv2d` bias; zero `block.prior.c4.weight` in every decoder layer (`model.dec_blocks`); and,
 # when `scale_residuals`, multiply by $\sqrt{1/N}$ the weights of `block.c4` of every encoder block
 # (`model.encoder.enc_blocks`, $N$ = their number) and of `block.resnet.c4` and `block.z_proj` of
 # every decoder layer ($N$ = the number of layers). This chapter's model is initialised with your
 # function.
-
-# %% nbgrader={"grade": false, "grade_id": "ex03_vdvae_init", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def vdvae_init_(model, scale_residuals=True):
-    """openai/vdvae's initialisation of a VDVAE, in place."""
-    # YOUR CODE HERE
-    raise NotImplementedError()
-
-
-# %% [markdown]
-# The check starts from models whose convolutions all have PyTorch's default weights *and biases*
-# (`reset_parameters`), applies your function and the library's `official_init_`, and compares
-# every parameter.
+#
+# The check starts from copies of models whose convolutions all have PyTorch's default weights
+# *and biases* (`reset_parameters`), applies your function and the library's `official_init_`, and
+# compares every parameter.
 
 # %%
 INIT_ARCH = dict(width=16, zdim=2, num_mixtures=2, enc_blocks="28x1,28d2,14x2,14d2,7x1,7d7,1x1",
                  dec_blocks="1x1,7m1,7x2,14m7,28m14")
 
 
-def initialised(init_fn, seed, scale_residuals):
+def default_weights_model(seed):
+    """A VDVAE whose convolutions all have PyTorch's default weights and biases."""
     torch.manual_seed(seed)
     model = VDVAE((1, 28, 28), 8, **INIT_ARCH)
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             module.reset_parameters()  # PyTorch's defaults, biases included
+    return model
+
+
+def initialised(init_fn, model, scale_residuals):
+    model = copy.deepcopy(model)  # each initialisation works on its own copy
     init_fn(model, scale_residuals)
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def student_init(seed, scale):
-    return initialised(vdvae_init_, seed, scale)
+def student_init(model, scale):
+    return initialised(vdvae_init_, model, scale)
 
 
-def library_init(seed, scale):
-    return initialised(official_init_, seed, scale)
+def library_init(model, scale):
+    return initialised(resolve("hvae_lib.models.vdvae_parts:official_init_"), model, scale)
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex03_vdvae_init_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-ok_init = check("vdvae_init_", student_init, library_init, [(0, True), (1, False)], atol=0, rtol=0)
-
-# %%
-init_fn = use_if_correct("vdvae_init_", vdvae_init_, official_init_, ok_init)
-
-# %% [markdown]
-# What does the scaling keep bounded? Measure it: build models of growing depth, initialise them
-# with and without the scaling, and look at the variance of the streams at initialisation — the
-# encoder's (after $N$ encoder blocks at 8×8) and the top-down path's (after $N$ latent layers at 8×8,
-# sampling $z$ from the priors).
-#
-# **Predict, then run.** Without the scaling, what is the variance of the top-down state after 48
-# layers? (One layer's $\text{z\_proj}(z)$, with $z \sim \mathcal{N}(0, I)$ of $Z$ = 16 channels and
-# PyTorch's default weights, uniform with variance $1/(3 \cdot 16)$, has variance $16 \cdot \frac{1}{48} = \frac13$.)
-
-# %% nbgrader={"grade": false, "grade_id": "predict01_top_down_variance", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def predicted_top_down_variance():
+# %% nbgrader={"grade": false, "grade_id": "ex04_vdvae_init", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def vdvae_init_(model, scale_residuals=True):
+    """openai/vdvae's initialisation of a VDVAE, in place."""
     # YOUR CODE HERE
     raise NotImplementedError()
 
 
+# %% nbgrader={"grade": true, "grade_id": "ex04_vdvae_init_test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+ok_init = check("vdvae_init_", student_init, library_init,
+                {"with the scaling": (default_weights_model(0), True), "without it": (default_weights_model(1), False)},
+                atol=0, rtol=0, forbid=("hvae_lib.models.vdvae_parts:official_init_",))
+
 # %%
-def stream_variances(depth, scale_residuals):
+init_fn = use_if_correct("vdvae_init_", vdvae_init_, "hvae_lib.models.vdvae_parts:official_init_", ok_init)
+
+# %% [markdown]
+# What does the scaling keep bounded? First on paper, then measured: the variance of the streams at
+# initialisation — the top-down path's (after $N$ latent layers, sampling $z$ from the priors) and the
+# encoder's (after $N$ encoder blocks).
+#
+# **Derivation (graded by hand).** At initialisation, drawing every $z_l$ from its prior, what is the
+# variance of the top-down state after $N$ latent layers at one resolution, without and with the
+# $\sqrt{1/N}$ scaling? Say what you assume. What you need: every prior starts as $\mathcal{N}(0, I)$
+# and its feature $f$ as zero (the zeroed $c_4$ of the prior); the state starts from the zero bias
+# input; `z_proj` is a 1×1 convolution from $Z$ channels with PyTorch's default weights, uniform on
+# $[-1/\sqrt{Z}, 1/\sqrt{Z}]$, and a zero bias; and take the residual blocks' own contribution as
+# negligible (the measurement below shows how small it is).
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "derive01_top_down_variance", "locked": false, "points": 3, "schema_version": 3, "solution": true, "task": false}
+# YOUR ANSWER HERE
+
+# %% [markdown]
+# **Exercise 5.** Your result as a function: the variance of the top-down state after `num_layers`
+# layers, with or without the scaling. The check measures it on freshly initialised models
+# (`measured_state_variance`, 32 prior samples of a width-64 model at 8×8) and accepts 6%: across
+# random seeds the measurement itself moves by up to 3%.
+
+# %%
+def stream_variances(depth, scale_residuals, seed=0):
     """(encoder stream variance / its input's, top-down state variance) at initialisation."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = VDVAE((3, 8, 8), 8, width=64, zdim=16, num_mixtures=1, enc_blocks=f"8x{depth}", dec_blocks=f"8x{depth}",
                   scale_residuals=False)
     init_fn(model, scale_residuals)
@@ -371,10 +498,27 @@ def stream_variances(depth, scale_residuals):
     return (h.var() / stem.var()).item(), top_down.var().item()
 
 
+def measured_state_variance(num_layers, scaled):
+    return stream_variances(num_layers, scaled)[1]
+
+
+# %% nbgrader={"grade": false, "grade_id": "ex05_state_variance", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def state_variance(num_layers, scaled):
+    """The variance of the top-down state after num_layers latent layers at initialisation (a float)."""
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex05_state_variance_test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+ok_variance = check("state_variance", state_variance, measured_state_variance,
+                    {"without the scaling": (24, False), "with the scaling": (24, True)}, rtol=0.06, atol=0)
+
+# %% [markdown]
+# Now the measurement, for depths up to 96 and both streams:
+
+# %%
 depths = [2, 8] if SMOKE else [2, 8, 24, 48, 96]
 variances = {scaled: [stream_variances(n, scaled) for n in depths] for scaled in (True, False)}
-reveal_prediction("top-down state variance after 48 layers, unscaled", predicted_top_down_variance,
-                  round(stream_variances(48, False)[1], 2))
 fig, axes = plt.subplots(1, 2, figsize=(10, 3))
 for scaled, style in ((True, "o-"), (False, "s--")):
     label = "with 1/sqrt(N)" if scaled else "without"
@@ -387,7 +531,7 @@ for ax in axes:
 plt.tight_layout()
 for n, (enc_scaled, td_scaled), (enc_plain, td_plain) in zip(depths, variances[True], variances[False]):
     print(f"N = {n:3d}: encoder {enc_scaled:.3f} / {enc_plain:.3f}   top-down {td_scaled:.3f} / {td_plain:.2f}   (with / without)")
-    assert abs(td_scaled - 1 / 3) < 0.05 and abs(td_plain / (n / 3) - 1) < 0.15  # bounded, against N / 3
+    assert abs(td_scaled / (1 / 3) - 1) < 0.06 and abs(td_plain / (n / 3) - 1) < 0.06  # 1/3, against N/3 (derived)
     assert 0.8 < enc_plain < 1.2 and 0.8 < enc_scaled < 1.2  # the encoder's stream barely moves either way
 
 # %% [markdown]
@@ -426,40 +570,119 @@ assert len(prior_outputs) == check_model.num_groups and all(torch.all(o == 0) fo
 # Even so initialised, a very deep VAE meets occasional updates whose gradient is enormous — the
 # paper's Fig. 6 shows norms up to $10^{15}$ — and one such step can wreck the model. VDVAE clips
 # the gradient norm at `grad_clip` and, more drastically, **skips** the update altogether when the
-# norm exceeds `skip_threshold` (or is not finite). The thresholds are set high enough that
-# fewer than 0.01% of updates are skipped: 200 and 400 for CIFAR-10, in units of the loss the
-# official code minimises, the negative ELBO per data dimension (the library's `loss_per_dim`).
+# norm reaches `skip_threshold` (or is not finite): the official loop updates only while
+# `grad_norm < skip_threshold`, so a norm equal to the threshold is skipped too. The thresholds are
+# set high enough that fewer than 0.01% of updates are skipped: 200 and 400 for CIFAR-10, in units of
+# the loss the official code minimises, the negative ELBO per data dimension (the library's
+# `loss_per_dim`). An update that is skipped changes nothing: neither the weights, nor the
+# optimiser's moments, nor the exponential moving average (EMA) of the weights that VDVAE evaluates
+# with, $\bar\theta \leftarrow \rho\,\bar\theta + (1 - \rho)\,\theta$ after every update taken (section 6).
 #
-# **Exercise 4.** Write the skip decision: given the loss and the gradient norm (0-dim tensors)
-# and the threshold, return a bool tensor that is true when the loss or the norm is not finite, or
-# when `skip_threshold` > 0 and the norm exceeds it (0 turns the size test off).
+# **Exercise 6.** Write one VDVAE update, as openai/vdvae's `train.py` does it on one process:
+#
+# 1. zero the gradients; the loss is the negative ELBO per data dimension,
+#    $-\frac{1}{D}\,\overline{\log p(x \mid z) - \sum_l \mathrm{KL}_l}$ (mean over the batch, $D$ =
+#    `model.num_dims`), from `out = model(x)` (`out.log_px_z` (B,), `out.kl_per_group` (B, L));
+# 2. backward, then clip the global gradient norm at `grad_clip`
+#    (`torch.nn.utils.clip_grad_norm_` returns the norm *before* clipping: that is the norm the rule
+#    reads);
+# 3. skip when the loss or the norm is not finite, or when `skip_threshold` > 0 and the norm is at
+#    least `skip_threshold` (0 turns the size test off);
+# 4. otherwise take the optimiser's step and update the EMA copy `ema` (a model of the same
+#    architecture) parameter by parameter with rate `ema_rate`.
+#
+# Return `(loss, grad_norm, skipped)`: the loss and the norm as 0-dim tensors, `skipped` a bool.
+# Write the rule and the average yourself: the library's `should_skip` and `update_ema` are the
+# reference. The check runs a few updates of a small VDVAE from the same seed, the same batches and
+# the same $z$ noise with your function and with the reference, and compares what each update
+# returned and the weights and the average after them.
 
-# %% nbgrader={"grade": false, "grade_id": "ex04_skip_update", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def skip_update(loss, grad_norm, skip_threshold):
-    """True (a bool tensor) when the optimiser must not take this step."""
+# %%
+UPDATE_ARCH = dict(width=16, zdim=2, num_mixtures=2, enc_blocks="28x1,28d2,14x1,14d2,7x1,7d7,1x1",
+                   dec_blocks="1x1,7m1,7x1,14m7,28m14")
+
+
+def library_update(model, ema, optimizer, x, grad_clip, skip_threshold, ema_rate):
+    """One update from the library's pieces: the ELBO of Chapter 1, and the engine's skip rule and EMA."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = -elbo(model(x), model.num_dims).elbo.mean() / model.num_dims
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    skipped = bool(resolve("hvae_lib.training.optim:should_skip")(loss.detach(), grad_norm, skip_threshold))
+    if not skipped:
+        optimizer.step()
+        resolve("hvae_lib.training.optim:update_ema")(ema, model, ema_rate)
+    return loss.detach(), grad_norm, skipped
+
+
+def finite_or_word(value):
+    value = float(value)
+    return value if math.isfinite(value) else "not finite"
+
+
+def update_run(update_fn, seed, grad_clip, skip_threshold, steps=3, nan_at=None, ema_rate=0.9):
+    """``steps`` updates of a small VDVAE by ``update_fn``: what each returned, then the weights and the EMA."""
+    torch.manual_seed(seed)
+    model = VDVAE((1, 28, 28), 8, **UPDATE_ARCH)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.9), weight_decay=0.01)
+    returned = []
+    for step in range(steps):
+        x = x_test[8 * step:8 * step + 8].clone()  # (8, 1, 28, 28)
+        if step == nan_at:
+            x[0, 0, 14, 14] = float("nan")  # a corrupted pixel: the loss is not finite
+        torch.manual_seed(seed + 1000 + step)  # the same z noise whatever the function
+        loss, grad_norm, skipped = update_fn(model, ema, optimizer, x, grad_clip, skip_threshold, ema_rate)
+        returned.append((finite_or_word(loss), finite_or_word(grad_norm), bool(skipped)))
+    return (returned, torch.cat([p.detach().flatten() for p in model.parameters()]),
+            torch.cat([p.detach().flatten() for p in ema.parameters()]))
+
+
+def student_updates(*case):
+    return update_run(vdvae_update, *case)
+
+
+def reference_updates(*case):
+    return update_run(library_update, *case)
+
+
+def update_cases(seed):
+    first_norm = reference_updates(seed, 200.0, 0.0, 1)[0][0][1]  # the first update's gradient norm
+    return {"updates under CIFAR-10's threshold": (seed, 200.0, 400.0),
+            "a threshold below every norm: all skipped": (seed, 200.0, 1e-3),
+            "a norm exactly at the threshold: skipped": (seed, 200.0, first_norm, 2),
+            "threshold 0 (no size test), the norm clipped": (seed, 1e-2, 0.0),
+            "a NaN pixel in the second batch": (seed, 200.0, 400.0, 3, 1)}
+
+
+# %% nbgrader={"grade": false, "grade_id": "ex06_vdvae_update", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def vdvae_update(model, ema, optimizer, x, grad_clip, skip_threshold, ema_rate):
+    """One openai/vdvae update: loss per dimension, clip, skip (>= threshold or not finite), step, EMA.
+    Returns (loss (0-dim), gradient norm before clipping (0-dim), skipped (bool))."""
     # YOUR CODE HERE
     raise NotImplementedError()
 
 
-# %%
-def skip_cases(values):
-    return [(torch.tensor(loss), torch.tensor(norm), threshold) for loss, norm, threshold in values]
-
-
-nan, inf = float("nan"), float("inf")
-
-# %% nbgrader={"grade": true, "grade_id": "ex04_skip_update_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-ok_skip = check("skip_update", skip_update, should_skip,
-                skip_cases([(2.0, 50.0, 400.0), (2.0, 500.0, 400.0), (nan, 1.0, 400.0), (2.0, 500.0, 0.0)]))
+# %% nbgrader={"grade": true, "grade_id": "ex06_vdvae_update_test", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
+ok_update = check("vdvae_update", student_updates, reference_updates, update_cases(0), rtol=1e-4, atol=1e-6,
+                  forbid=("hvae_lib.training.optim:should_skip", "hvae_lib.training.optim:update_ema",
+                          "hvae_lib.training.engine:Trainer.train_step"))
 
 
 # %% [markdown]
 # The library's training engine applies exactly this rule after clipping (`hvae_lib.training.optim.should_skip`),
-# agreed across processes under DDP.
+# agreed across processes under DDP, and the same average (`update_ema`); below, your update runs
+# the official loop.
 #
-# Now the chapter's model, `vdvae_fashion`: 13 latent layers (one at 1×1, four at 7×7, seven at 14×14, one at 28×28), width 32, 116,000 parameters like the earlier chapters' models, trained for 1000 steps of 64 images with the official optimiser (AdamW, betas (0.9, 0.9), weight decay 0.01, a constant learning rate after 100 warm-up steps, here 6e-3 for a small model) and CIFAR-10's clipping and skipping thresholds. It is built without the scaling and then
-# initialised by your `vdvae_init_` (exercise 3), the EMA copy with it. The run logs every step, so
-# that the gradient-norm trace below shows every spike.
+# Now the chapter's model, `vdvae_fashion`: 13 latent layers (one at 1×1, four at 7×7, seven at
+# 14×14, one at 28×28), width 32, 116,000 parameters like the earlier chapters' models, trained for
+# 1000 steps of 64 images with the official optimiser (AdamW, betas (0.9, 0.9), weight decay 0.01, a
+# constant learning rate after 100 warm-up steps, here 6e-3 for a small model) and CIFAR-10's
+# clipping and skipping thresholds, by the library's engine. It is built without the scaling and
+# then initialised by your `vdvae_init_` (exercise 4), the EMA copy with it. The run logs every
+# step, so that the gradient-norm trace below shows every spike. At the end the engine evaluates
+# the EMA weights, as VDVAE does; the raw weights are evaluated too, the same way, because the
+# other chapters' models keep no EMA and section 7 compares every model on its raw weights.
 
 # %%
 class TrainerWithMoreEMAs(Trainer):
@@ -484,15 +707,17 @@ config = override(get_preset("vdvae_fashion"), {"scale_residuals": False, "log_e
 run_dir = RUNS / ("ch06_vdvae_smoke" if SMOKE else "ch06_vdvae")
 shutil.rmtree(run_dir, ignore_errors=True)  # train afresh each time the notebook runs
 trainer = TrainerWithMoreEMAs(config, run_dir, resume=False, rates=(0.9, 0.999))
-init_fn(trainer.model, True)  # your initialisation (or the library's, until exercise 3 passes)
+init_fn(trainer.model, True)  # your initialisation (or the library's, until exercise 4 passes)
 for ema in [trainer.ema, *trainer.more_emas.values()]:
     ema.load_state_dict(trainer.model.state_dict())
 print(f"VDVAE with {param_count(trainer.model):,} parameters, {trainer.model.num_groups} latent layers at "
       f"resolutions {trainer.model.layer_resolutions}")
 result = trainer.fit()
 vdvae_bpd = result["test_bpd"]
-print(f"test negative ELBO with the EMA weights: {result['test_neg_elbo_nats']:.1f} nats per image = {vdvae_bpd:.3f} bits/dim")
-assert vdvae_bpd < 8, "a trained model must beat the uniform 8 bits/dim"
+raw_bpd = trainer.evaluate(raw=True)["test_bpd"]  # the engine's evaluation, of the raw weights
+print(f"test negative ELBO with the EMA weights: {result['test_neg_elbo_nats']:.1f} nats per image = {vdvae_bpd:.3f} "
+      f"bits/dim; with the raw weights {raw_bpd:.3f} bits/dim ({result['test_images']} test images)")
+assert vdvae_bpd < 8 and raw_bpd < 8, "a trained model must beat the uniform 8 bits/dim"
 
 # %% [markdown]
 # The gradient norm of every step (in units of the per-dimension loss), with the run's skip
@@ -517,7 +742,7 @@ spikes = norms > 3 * running_median
 print(f"median norm {norms.median():.2f}, largest {norms.max():.2f}; {int(spikes.sum())} steps above three times the "
       f"median of the {window} steps before; {int(skipped.sum())} of {len(norms)} updates skipped "
       f"({100 * skipped.float().mean():.2f}%)")
-expected = ~torch.isfinite(norms) | (norms > threshold)
+expected = ~torch.isfinite(norms) | (norms >= threshold)
 assert torch.equal(skipped, expected)  # the engine skipped exactly the steps the rule names
 assert skipped.float().mean() < 0.01  # far fewer than one update in a hundred
 if not SMOKE:
@@ -540,13 +765,13 @@ if not SMOKE:
 
 # %% [markdown]
 # **The silent freeze.** What if the threshold is set below the usual gradient norm — a value
-# copied from a model whose loss has other units, or from a bigger model? Below, the official
-# training step (openai/vdvae's `train.py`, written out for this model: clip, then update only if
-# the norm is below the threshold, otherwise do nothing) runs 30 steps with a threshold a hundred
-# times too low.
+# copied from a model whose loss has other units, or from a bigger model? Below, the official loop —
+# your `vdvae_update` of exercise 6 (or the library's pieces, until it passes), over and over on a
+# batch, with nothing else — runs 30 steps of the chapter's model at CIFAR-10's threshold, then 30
+# steps from the same start with a threshold a hundred times below this run's median norm.
 #
-# **Predict, then run.** How far have the weights moved after those 30 steps (the largest absolute
-# change of any parameter)?
+# **Predict, then run.** How far have the weights moved after the 30 steps at the low threshold
+# (the largest absolute change of any parameter)?
 
 # %% nbgrader={"grade": false, "grade_id": "predict02_frozen_weights", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def predicted_weight_change():
@@ -555,33 +780,36 @@ def predicted_weight_change():
 
 
 # %%
-def official_training_steps(model, x, skip_threshold, steps, grad_clip=200.0, lr=3e-3):
-    """openai/vdvae's training_step for one process: the loss per dimension, backward, clip, and an
-    AdamW step only if the norm is below the threshold (and nothing else when it is not)."""
+update_fn = use_if_correct("vdvae_update", vdvae_update, library_update, ok_update)
+
+
+def official_loop(skip_threshold, steps, x, lr=3e-3):
+    """openai/vdvae's loop for one process, on one batch: the update, and nothing else. Returns the
+    largest weight change, the losses and the norms."""
+    torch.manual_seed(0)
+    model = build_model(get_preset("vdvae_fashion"), data.info)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    before = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.9), weight_decay=0.01)
     losses, norms_seen = [], []
     for _ in range(steps):
-        model.zero_grad()
-        out = model(x)
-        loss = -(out.log_px_z - out.kl_per_group.sum(1)).mean() / model.num_dims  # nats per dimension
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
-        if math.isfinite(loss.item()) and grad_norm < skip_threshold:
-            optimizer.step()
+        loss, grad_norm, _ = update_fn(model, ema, optimizer, x, 200.0, skip_threshold, 0.99)
         losses.append(loss.item())
-        norms_seen.append(grad_norm)
-    return losses, norms_seen
+        norms_seen.append(grad_norm.item())
+    moved = max((model.state_dict()[k] - v).abs().max().item() for k, v in before.items())
+    return moved, losses, norms_seen
 
 
-torch.manual_seed(0)
-frozen = build_model(get_preset("vdvae_fashion"), data.info)
-before = copy.deepcopy(frozen.state_dict())
+steps = 5 if SMOKE else 30
 low = 0.01 * norms.median().item()
-losses, norms_seen = official_training_steps(frozen, x_test[:32], low, steps=5 if SMOKE else 30)
-moved = max((frozen.state_dict()[k] - v).abs().max().item() for k, v in before.items())
+moved_official, losses_official, _ = official_loop(config.optim.skip_threshold, steps, x_test[:32])
+moved, losses, norms_seen = official_loop(low, steps, x_test[:32])
 reveal_prediction("largest weight change after the official loop's steps", predicted_weight_change, moved)
-print(f"threshold {low:.3g}; gradient norms from {min(norms_seen):.3g} to {max(norms_seen):.3g}; "
+print(f"threshold {config.optim.skip_threshold:g}: weights moved by up to {moved_official:.3g}, loss per dimension "
+      f"{losses_official[0]:.3f} -> {losses_official[-1]:.3f}")
+print(f"threshold {low:.3g}: gradient norms from {min(norms_seen):.3g} to {max(norms_seen):.3g}; "
       f"loss per dimension {losses[0]:.3f} at the first step and {losses[-1]:.3f} at the last; no message")
+assert moved_official > 0 and losses_official[-1] < losses_official[0]  # the same loop trains at the official threshold
 assert moved == 0.0 and min(norms_seen) > low  # frozen, silently
 
 # %% [markdown]
@@ -653,11 +881,15 @@ if not SMOKE:  # after 20 smoke steps every average still remembers the initiali
 # ## 7. Where VDVAE stands on Fashion-MNIST
 #
 # The KL of every latent layer on test images, top (1×1) first, and the cumulative rate: how the
-# information about an image is spread over the hierarchy.
+# information about an image is spread over the hierarchy. The KLs come from your top-down pass of
+# exercise 3 (or the library's, until it passes) on the trained model's EMA weights, with your
+# top-down layer of exercise 1 in it.
 
 # %%
 model = trainer.eval_model.eval()
-kl = diagnostics.kl_per_group(model, x_test)  # (L,) nats per image
+with torch.no_grad():
+    kl = torch.cat([tower_fn(model, model.encoder(model.normalise(batch)), layer_fn)[1]
+                    for batch in x_test.split(250)]).mean(0)  # (L,) nats per image
 fig, axes = plt.subplots(1, 2, figsize=(11, 3))
 labels = [f"{r}" for r in model.layer_resolutions]
 axes[0].bar(range(len(kl)), kl.numpy())
@@ -688,7 +920,9 @@ show_grid(model.reconstruct(x_test[:36]), "reconstructions", ax=axes[3])
 plt.tight_layout()
 
 # %% [markdown]
-# And the bits/dim of every chapter's model on the Fashion-MNIST test set:
+# And the bits/dim of every chapter's model on the Fashion-MNIST test set, each scored the same way:
+# the engine's test negative ELBO on all 10,000 test images, with the raw weights (the VAE, the
+# Ladder VAE and NVAE keep no EMA, so VDVAE's raw weights are what compares with them).
 
 # %%
 def chapter_result(run, fallback):
@@ -697,43 +931,92 @@ def chapter_result(run, fallback):
 
 
 results = {"Chapter 1: VAE": chapter_result("ch01_vae", 3.713), "Chapter 2: Ladder VAE": chapter_result("ch02_lvae", 3.688),
-           "Chapters 3-4: NVAE": chapter_result("ch03_nvae", 3.519), "Chapter 6: VDVAE": (vdvae_bpd, run_dir.as_posix())}
+           "Chapters 3-4: NVAE": chapter_result("ch03_nvae", 3.519),
+           "Chapter 6: VDVAE (raw weights)": (raw_bpd, run_dir.as_posix())}
 plot_where_it_stands(results, height=2.6)
 if not SMOKE:
-    assert vdvae_bpd < results["Chapters 3-4: NVAE"][0] < results["Chapter 2: Ladder VAE"][0] < results["Chapter 1: VAE"][0]
+    assert raw_bpd < results["Chapters 3-4: NVAE"][0]  # on this seed
 
 # %% [markdown]
-# At the size of the earlier chapters' models (116,004 parameters, against the VAE's 107,476 and
-# NVAE's 140,080) and after a few CPU minutes of training, the Very Deep VAE reaches the lowest
-# negative ELBO of the course: 3.345 bits/dim, 0.17 below NVAE, with none of NVAE's normalisation,
-# squeeze-and-excitation or KL-taming, only depth, a careful initialisation and the official
-# optimiser. One run each, with each chapter's own budget of steps, so the gaps are indicative,
-# not a benchmark. The KL per layer shows where the model puts its information: three quarters of
-# it in the seven layers at 14×14, a fifth at 7×7, next to nothing in the single 28×28 layer — the
-# pixel-level detail is left to the logistic-mixture likelihood.
+# One run of each is one draw: another seed gives other initial weights, another order of the
+# batches and other noise. `benchmarks/seeds.py` trains each chapter's preset for seeds 0, 1 and 2
+# (seed 0 is the chapters' own run; `vdvae_fashion` is this chapter's) and records every model's
+# raw-weight test bits/dim in `benchmarks/seeds.json`; `benchmarks/RESULTS.md` has the table and the
+# command. Read from that file, paired by seed (the same seed means the same batches):
+
+# %%
+seeds_file = Path("..") / "benchmarks" / "seeds.json"
+SEED_NAMES = {"vae_fashion": "Chapter 1: VAE", "lvae_fashion_learned": "Chapter 2: Ladder VAE",
+              "nvae_fashion_1500": "Chapters 3-4: NVAE", "vdvae_fashion": "Chapter 6: VDVAE"}
+seed_runs = {}
+if seeds_file.exists():
+    stored = json.loads(seeds_file.read_text())["runs"]
+    seed_runs = {preset: {int(seed): r.get("test_bpd_raw", r["test_bpd"]) for seed, r in stored[preset].items()}
+                 for preset in SEED_NAMES if stored.get(preset)}
+    for preset, per_seed in seed_runs.items():
+        values = torch.tensor(list(per_seed.values()), dtype=torch.float64)
+        spread = f"std {values.std():.3f}" if len(values) > 1 else "one seed"
+        print(f"{SEED_NAMES[preset]:22s} seeds {sorted(per_seed)}: mean {values.mean():.3f}, {spread}, "
+              f"from {values.min():.3f} to {values.max():.3f} bits/dim (raw weights)")
+else:
+    print(f"{seeds_file} not found (run benchmarks/seeds.py to make it).")
+vdvae_seeds = seed_runs.get("vdvae_fashion", {})
+for preset in ("nvae_fashion_1500", "lvae_fashion_learned", "vae_fashion"):
+    common = sorted(set(vdvae_seeds) & set(seed_runs.get(preset, {})))
+    if common:
+        gaps = [vdvae_seeds[s] - seed_runs[preset][s] for s in common]
+        print(f"VDVAE - {SEED_NAMES[preset]:22s} seeds {common}: {', '.join(f'{g:+.3f}' for g in gaps)}")
+if vdvae_seeds:  # what the text below says of the seeds in the file
+    assert [round(vdvae_seeds[s], 3) for s in (0, 1)] == [3.406, 3.459]  # the raw weights' test bits/dim
+    differences = {p: [round(vdvae_seeds[s] - seed_runs[p][s], 3) for s in (0, 1)]
+                   for p in ("nvae_fashion_1500", "lvae_fashion_learned", "vae_fashion")}
+    assert differences == {"nvae_fashion_1500": [-0.114, -0.048], "lvae_fashion_learned": [-0.282, -0.419],
+                           "vae_fashion": [-0.307, -0.272]}
+    earlier_best = min(min(seed_runs[p].values()) for p in seed_runs if p != "vdvae_fashion")
+    assert round(earlier_best, 3) == 3.507  # NVAE's best seed
+    assert max(vdvae_seeds.values()) < earlier_best  # every VDVAE seed ahead of every earlier model's every seed
+    assert [round(stored["vdvae_fashion"][s]["test_bpd"], 3) for s in "01"] == [3.342, 3.359]  # EMA, not compared
+
+# %% [markdown]
+# Two `vdvae_fashion` seeds were in `benchmarks/seeds.json` when this was written. On seeds 0 and 1
+# VDVAE's raw weights score 3.406 and 3.459 bits/dim (3.342 and 3.359 with the EMA, which the
+# comparison does not use): against NVAE on the same seed, 0.114 and 0.048 lower; against the
+# Ladder VAE 0.282 and 0.419; against the VAE 0.307 and 0.272. Both are below every seed of every
+# earlier model (NVAE's best is 3.507). The cell asserts these figures and that no VDVAE seed in the
+# file is behind any earlier model's seed. The lead over NVAE is the narrow one: 0.048 on seed 1,
+# where NVAE's own seeds spread over 0.043 (3.507 to 3.550). Seed 2 is pending, so the three-seed
+# comparison is not made yet: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/seeds.py
+# --presets vdvae_fashion` trains it (about 13 CPU minutes, resumable; seeds 0 and 1 are read, not
+# trained again); the cell above then prints the paired differences of every seed, and fails if a
+# VDVAE seed falls behind.
 #
 # ## Summary
 #
 # - VDVAE keeps the top-down hierarchy of Chapters 2–4 and drops almost everything else: no
 #   normalisation, no squeeze-and-excitation, no residual-normal posterior, no spectral
 #   regularisation, no KL warm-up or balancing. It goes deep instead: 43 latent layers for
-#   CIFAR-10 in 39 million parameters, against NVAE's 30 groups in 131 million.
+#   CIFAR-10 in the released configuration (45 in the paper's Table 4) in 39 million parameters,
+#   against NVAE's 30 groups in 131 million.
 # - One bottleneck residual block (1×1, 3×3, 3×3, 1×1, each after a GELU) builds every network; a
 #   top-down layer holds a posterior block, a prior block whose output also updates the state, a
 #   projection of $z$ into the state, and a residual block.
 # - Two strings describe the whole network; the library parses them into typed blocks and names
-#   a bad token in one sentence.
+#   a bad token in one sentence. The top-down tower runs the layers in the string's order, starting
+#   each resolution's state from a learned bias input and mixing in the state of a lower
+#   resolution by nearest-neighbour unpooling.
 # - The initialisation zeroes every bias and the prior's output (every prior starts as
 #   $\mathcal{N}(0, I)$) and scales the last layer of every residual branch and the $z$ projection by
 #   $\sqrt{1/N}$. At initialisation it keeps the top-down state's variance at 1/3 instead of $N/3$;
 #   the encoder's stream barely grows either way with PyTorch's default weights.
-# - Gradient skipping drops the rare update whose norm exceeds a threshold set far above the
-#   usual norm. Too low a threshold freezes the official loop without a word; the library's engine
-#   stops with a sentence that says what to change.
-# - The EMA of the weights is what VDVAE evaluates and samples with.
+# - The update clips the gradient norm and skips the rare update whose norm reaches a threshold set
+#   far above the usual norm (or is not finite); an update taken also moves the EMA. Too low a
+#   threshold freezes the official loop without a word; the library's engine stops with a sentence
+#   that says what to change.
+# - The EMA of the weights is what VDVAE evaluates and samples with; compared with models that keep
+#   no EMA, it is scored on its raw weights.
 #
 # **Next:** Chapter 6b runs the paper's ablations in small — the 1/√N scaling in deep models,
-# nearest-neighbour against learned unpooling, and depth against width at equal parameters.
+# nearest-neighbour against learned unpooling, and the same layers at a lower stochastic depth.
 # Chapter 7 shows what the depth buys: the propositions, and what each resolution of this model
 # decides. The paper's own models are presets (`vdvae_cifar10`, `vdvae_imagenet32`,
 # `vdvae_imagenet64`, `vdvae_ffhq256`, `vdvae_ffhq1024`), and openai's released weights import

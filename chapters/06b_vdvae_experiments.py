@@ -10,32 +10,43 @@
 # # Chapter 6b — The Very Deep VAE: the paper's ablations, in small
 #
 # Chapter 6 built the Very Deep VAE and trained it. The paper (Child 2021) supports its design
-# with three ablations; this notebook runs each of them on Fashion-MNIST at a size a CPU trains in
-# a minute or two, with the library's presets and engine.
+# with ablations; this notebook runs three of them on Fashion-MNIST at a size a CPU trains in a
+# minute or two, with the library's presets and engine, and reads every comparison over three seeds.
 #
 # **You will learn**
 # 1. what the 1/√N initialisation does for a *deep* model in training: the loss and the skipped
 #    updates with and without it (the paper's Table 3);
 # 2. why VDVAE unpools with nearest neighbours rather than a learned upsampler: where the KL sits
 #    along the hierarchy with each (the paper's Fig. 5);
-# 3. whether depth or width buys more at a fixed number of parameters (the paper's Table 1).
+# 3. whether the *stochastic* depth matters when the network stays the same — the same layers and
+#    parameters, fewer of them drawing their latents one after the other (the paper's Table 1, left).
 #
-# On the way you write four small pieces the experiments use: the scale factor of an architecture
-# string (*exercise 1*), the learned upsampler as a transposed convolution (*exercise 2*), the
-# cumulative KL that draws Fig. 5 (*exercise 3*) and the width that fits a parameter budget, which
-# builds Table 1's models (*exercise 4*).
+# On the way you write the pieces the experiments use: the scale factors of an architecture string
+# (*exercise 1*), the learned upsampler as patches (*exercise 2*, which the learned-upsampler run
+# trains with), the information profile that draws Fig. 5 (*exercise 3*), the stochastic depth of a
+# grouped model (*a graded derivation* and *exercise 4*) and the grouped top-down pass itself
+# (*exercise 5*, which measures the Table 1 models).
 #
-# **What to expect.** Full mode takes about 5.5 minutes of CPU time on one thread (5.5 to 8.3
-# minutes of wall time on a shared 2-core machine at load 2 to 5): five training runs of 150 steps of models with
-# 121,000–136,000 parameters and 69, 30 or 8 latent layers. Measured: without the 1/√N scaling the
-# 69-layer model trails by 1.0 bits/dim at step 50 and 0.17 at step 150 (test 4.128 against 3.974
-# bits/dim); with a learned upsampler its two 1×1 layers carry nothing (0.0002 nats, against 0.25
-# with nearest neighbours) at the same test loss (3.976); at an equal parameter budget, after 150
-# steps, the 30- and 8-layer models (3.915 and 3.917) are ahead of the 69-layer one (3.974) — not
-# the paper's Table 1, which compares long runs. With `HVAE_SMOKE=1` every run takes 5 steps on 512
-# images and the notebook runs in under a minute; the comparisons are then not asserted.
+# **What to expect.** Full mode trains five models with the same 69 latent layers for 150 steps each
+# (the baseline with 121,060 parameters; without 1/√N; with a learned upsampler, 135,700; at
+# stochastic depth 20 and 4): about 5.5 minutes of CPU time on one thread on an idle machine, as
+# measured for five runs of this size before this version of the chapter; the committed run took
+# 27 minutes of wall time and 889 s of CPU time on a machine loaded about 7 times over. On its
+# seed the test losses are 3.975 bits/dim (the baseline), 4.138 without 1/√N, 3.976 with the learned
+# upsampler, 4.007 and 4.142 at stochastic depth 20 and 4. The cells assert what holds on this
+# notebook's own run: the scale factors multiply exactly the weights they should; without them the
+# 69-layer model's training loss trails by more than 0.3 bits/dim at step 50; no update is skipped
+# either way; with the learned upsampler the two 1×1 layers carry less than 0.01 nats while with
+# nearest neighbours they carry more than 0.1 and the very first layer is used; grouping keeps the
+# layers and parameters and gives stochastic depth 69, 20 and 4. Which variant ends with the lower
+# test loss is read over three seeds, and those runs are pending: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/seeds.py --presets ch06b` trains them (see each
+# section). With `HVAE_SMOKE=1` every run takes 5 steps on 512 images (about 10 minutes of wall
+# time and 2.5 of CPU on a loaded machine); its numbers mean nothing, and the asserts that need
+# trained models are skipped.
 
 # %%
+import functools
+import json
 import math
 import re
 import shutil
@@ -43,47 +54,48 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 
 from hvae_lib.analysis import diagnostics
 from hvae_lib.analysis.plotting import read_metrics
 from hvae_lib.config import override
 from hvae_lib.data import load_dataset
 from hvae_lib.exercises import assert_matches, check, reveal_prediction, smoke_mode, use_if_correct
-from hvae_lib.models import build_model
 from hvae_lib.models.presets import get_preset
 from hvae_lib.models.vdvae import VDVAE
-from hvae_lib.models.vdvae_arch import parse_decoder, parse_encoder, width_for_budget
+from hvae_lib.models.vdvae_arch import parse_decoder, parse_encoder
 from hvae_lib.models.vdvae_parts import Unpool
 from hvae_lib.training.engine import Trainer
 
 SMOKE = smoke_mode()
 torch.manual_seed(0)
 RUNS = Path("runs")
-STEPS = 5 if SMOKE else 150
-ENCODER = "28x1,28d2,14x2,14d2,7x2,7d7,1x1"
-# Every run: the chapter's optimiser (AdamW, betas (0.9, 0.9), gradient clipping and skipping, loss
-# per dimension), batch 32, STEPS steps, evaluated with the raw weights (no EMA: it would still
-# remember the initialisation after so few steps) on 2,000 test images.
-COMMON = {"max_steps": STEPS, "batch_size": 32, "test_limit": 256 if SMOKE else 2000, "log_every": 1,
-          "eval_every": 0, "checkpoint_every": 0, "sample_every": 0, "quiet": True, "zdim": 4, "enc_blocks": ENCODER,
-          "ema_rate": 0.0,
-          **({"train_limit": 512, "warmup_steps": 5} if SMOKE else {})}
+# Every run is a preset (hvae_lib/models/presets/vdvae.py): vdvae_fashion_deep — 69 latent layers,
+# width 16, 150 steps of 32 images with Chapter 6's optimiser (AdamW, betas (0.9, 0.9), gradient
+# clipping and skipping, loss per dimension), evaluated with the raw weights (no EMA: it would still
+# remember the initialisation after so few steps) on 2,000 test images — and its variants.
+# benchmarks/seeds.py trains the same presets for seeds 0, 1 and 2 (seed 0 is this notebook's run).
+SMOKE_CHANGES = {"max_steps": 5, "train_limit": 512, "test_limit": 256, "warmup_steps": 5}
+STEPS = 5 if SMOKE else get_preset("vdvae_fashion_deep").optim.max_steps
 data = load_dataset("fashion_mnist", test_limit=256 if SMOKE else 2000)
 x_test = torch.stack([data.test[i][0] for i in range(len(data.test))])  # (N, 1, 28, 28)
 print(f"smoke mode: {SMOKE}; {STEPS} steps per run")
+assert SMOKE or STEPS == 150  # the number of steps the text gives
 
 
-def train(run_name, changes):
-    """Train vdvae_fashion with the common and the given changes, afresh, into runs/ch06b_<run_name>."""
-    config = override(get_preset("vdvae_fashion"), {**COMMON, **changes})
-    run_dir = RUNS / (f"ch06b_{run_name}" + ("_smoke" if SMOKE else ""))
+def train(preset, prepare=None):
+    """Train a preset afresh into runs/ch06b_<preset>; ``prepare(model)`` runs before the first step."""
+    config = override(get_preset(preset), {"quiet": True, **(SMOKE_CHANGES if SMOKE else {})})
+    run_dir = RUNS / (f"ch06b_{preset}" + ("_smoke" if SMOKE else ""))
     shutil.rmtree(run_dir, ignore_errors=True)
     trainer = Trainer(config, run_dir, resume=False)
+    if prepare is not None:
+        prepare(trainer.model)
     result = trainer.fit()
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["split"] == "train"]
-    params = param_count(trainer.model)
-    print(f"{run_name}: {params:,} parameters, {trainer.model.num_groups} latent layers; test {result['test_bpd']:.3f} "
-          f"bits/dim; {trainer.total_skips} updates skipped")
+    print(f"{preset}: {param_count(trainer.model):,} parameters, {trainer.model.num_groups} latent layers "
+          f"(stochastic depth {trainer.model.stochastic_depth}); test {result['test_bpd']:.3f} bits/dim; "
+          f"{trainer.total_skips} updates skipped")
     return trainer, result, records
 
 
@@ -96,15 +108,39 @@ def smoothed(values, window=25):
     return torch.stack([values[max(0, i - window + 1):i + 1].mean() for i in range(len(values))])
 
 
+def seed_table(presets, baseline="vdvae_fashion_deep"):
+    """Raw-weight test bits/dim of three seeds per preset (benchmarks/seeds_ch06b.json), printed with the
+    per-seed differences from ``baseline``; {preset: {seed: bits/dim}} (empty where not run yet)."""
+    path = Path("..") / "benchmarks" / "seeds_ch06b.json"
+    stored = json.loads(path.read_text())["runs"] if path.exists() else {}
+    table = {p: {int(s): r.get("test_bpd_raw", r["test_bpd"]) for s, r in stored.get(p, {}).items()} for p in presets}
+    for preset, per_seed in table.items():
+        if not per_seed:
+            print(f"{preset}: no seeds in {path} yet (run benchmarks/seeds.py --presets ch06b)")
+            continue
+        values = torch.tensor([per_seed[s] for s in sorted(per_seed)], dtype=torch.float64)
+        line = f"{preset:28s} seeds {sorted(per_seed)}: " + ", ".join(f"{v:.3f}" for v in values.tolist())
+        line += f"; mean {values.mean():.3f}, std {values.std():.3f}" if len(values) > 1 else ""
+        if preset != baseline and table.get(baseline):
+            gaps = [per_seed[s] - table[baseline][s] for s in sorted(per_seed) if s in table[baseline]]
+            line += f"; minus {baseline}: " + ", ".join(f"{g:+.3f}" for g in gaps)
+        print(line)
+    return table
+
+
+DEEP = get_preset("vdvae_fashion_deep").model
+ENCODER, DEEP_DEC = DEEP.enc_blocks, DEEP.dec_blocks
+
 # %% [markdown]
 # ## 1. The 1/√N initialisation in a deep model (Table 3 in small)
 #
 # The paper trained networks of 15 to 75 layers with and without the scaling for 80,000 steps: at
 # 15 and 30 layers the scaling made little difference (slightly worse, even), from 45 layers on it
 # helped, and the unscaled 75-layer network diverged; without the scaling, many more updates had to
-# be skipped. Chapter 6 showed what the scaling changes at initialisation: the top-down state's
-# variance, $N/3$ without it. Here a model with 69 latent layers (two at 1×1, sixty-one at 7×7,
-# five at 14×14, one at 28×28, width 16) trains for STEPS steps each way.
+# be skipped. Chapter 6 derived and measured what the scaling changes at initialisation: the
+# top-down state's variance, $N/3$ without it. Here a model with 69 latent layers (two at 1×1,
+# sixty-one at 7×7, five at 14×14, one at 28×28, width 16: the preset `vdvae_fashion_deep`) trains
+# for 150 steps each way (5 in smoke mode).
 #
 # The factor comes from the architecture strings alone: $\sqrt{1/N}$, $N$ the number of blocks in the
 # tower — the encoder's blocks for the encoder's residual branches, the decoder's latent layers for
@@ -112,7 +148,8 @@ def smoothed(values, window=25):
 #
 # **Exercise 1.** Given an encoder string and a decoder string (Chapter 6's format: `RxN` is N
 # blocks, `R`, `RdK` and `RmS` one block each), return the two factors as a tensor
-# `[sqrt(1 / N_encoder), sqrt(1 / N_decoder)]` (float64).
+# `[sqrt(1 / N_encoder), sqrt(1 / N_decoder)]` (float64). Count the blocks yourself: the library's
+# parsers are what the check compares with.
 
 # %% nbgrader={"grade": false, "grade_id": "ex01_residual_scales", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def residual_scales(enc_blocks, dec_blocks):
@@ -134,11 +171,13 @@ def preset_strings(name):
     return model.enc_blocks, model.dec_blocks
 
 
-DEEP = {"width": 16, "dec_blocks": "1x2,7m1,7x60,14m7,14x4,28m14"}
+PARSERS = ("hvae_lib.models.vdvae_arch:parse_encoder", "hvae_lib.models.vdvae_arch:parse_decoder")
 
 # %% nbgrader={"grade": true, "grade_id": "ex01_residual_scales_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 ok_scales = check("residual_scales", residual_scales, library_scales,
-                  [preset_strings("vdvae_cifar10"), (ENCODER, DEEP["dec_blocks"]), ("8x2", "8x2")])
+                  {"a paper preset's strings": preset_strings("vdvae_cifar10"),
+                   "a Fashion-MNIST model's strings": (ENCODER, DEEP_DEC),
+                   "single-block tokens (R alone)": ("8,8d2,4", "4,8m4")}, forbid=PARSERS)
 
 
 # %% [markdown]
@@ -147,13 +186,13 @@ ok_scales = check("residual_scales", residual_scales, library_scales,
 # by exactly these factors, everything else not at all.
 
 # %%
-def deep_model(scaled):
+def deep_model(scaled, **changes):
     torch.manual_seed(0)
-    return VDVAE((1, 28, 28), 8, width=16, zdim=4, num_mixtures=5, enc_blocks=ENCODER, dec_blocks=DEEP["dec_blocks"],
-                 scale_residuals=scaled)
+    return VDVAE((1, 28, 28), 8, width=DEEP.width, zdim=DEEP.zdim, num_mixtures=DEEP.num_mixtures, enc_blocks=ENCODER,
+                 dec_blocks=DEEP_DEC, scale_residuals=scaled, **changes)
 
 
-scales = use_if_correct("residual_scales", residual_scales, library_scales, ok_scales)(ENCODER, DEEP["dec_blocks"])
+scales = use_if_correct("residual_scales", residual_scales, library_scales, ok_scales)(ENCODER, DEEP_DEC)
 with_scaling, without_scaling = deep_model(True), deep_model(False)
 ratios = {}
 for (name, w_scaled), w_plain in zip(with_scaling.named_parameters(), without_scaling.parameters()):
@@ -168,7 +207,7 @@ for name in scaled_names:
 assert len(scaled_names) == len(with_scaling.encoder.enc_blocks) + 2 * with_scaling.num_groups  # and nothing else
 
 # %% [markdown]
-# **Predict, then run.** After STEPS steps, how many bits/dim higher (positive) is the training loss
+# **Predict, then run.** After 150 steps, how many bits/dim higher (positive) is the training loss
 # of the unscaled model than the scaled one's (both averaged over the last 25 steps)?
 
 # %% nbgrader={"grade": false, "grade_id": "predict01_unscaled_gap", "locked": false, "schema_version": 3, "solution": true, "task": false}
@@ -178,8 +217,7 @@ def predicted_unscaled_gap():
 
 
 # %%
-deep = {scaled: train("deep_" + ("scaled" if scaled else "unscaled"), {**DEEP, "scale_residuals": scaled})
-        for scaled in (True, False)}
+deep = {True: train("vdvae_fashion_deep"), False: train("vdvae_fashion_deep_unscaled")}
 curves = {scaled: smoothed([r["bpd"] for r in records]) for scaled, (_, _, records) in deep.items()}
 gap = (curves[False][-1] - curves[True][-1]).item()
 reveal_prediction("unscaled minus scaled training loss at the end", predicted_unscaled_gap, round(gap, 3), " bits/dim")
@@ -192,20 +230,27 @@ plt.tight_layout()
 early = 49 if not SMOKE else -1
 print(f"training loss over the last 25 steps: {curves[True][-1]:.3f} with the scaling, {curves[False][-1]:.3f} without; "
       f"at step {early % len(curves[True]) + 1}: {curves[True][early]:.3f} and {curves[False][early]:.3f}")
-assert curves[False][-1] > curves[True][-1]  # without the scaling the deep model lags
-if not SMOKE:
-    assert curves[False][49] > curves[True][49] + 0.3  # far behind early on
-    assert deep[False][1]["test_bpd"] > deep[True][1]["test_bpd"]
+print(f"test: {deep[True][1]['test_bpd']:.3f} with the scaling, {deep[False][1]['test_bpd']:.3f} without")
 assert all(trainer.total_skips == 0 for trainer, _, _ in deep.values())  # no update skipped, either way
+if not SMOKE:  # this seed's run; the seeds below say whether it holds
+    assert curves[False][49] > curves[True][49] + 0.3  # far behind early on
 
 # %% [markdown]
-# The unscaled model starts far behind — at step 50 its training loss is 1.0 bits/dim above the
-# scaled model's, from a top-down state whose variance at initialisation grows with the number of
-# layers, as N/3 instead of staying at 1/3 (Chapter 6) — and is still 0.17 bits/dim behind after 150 steps, on the test set
-# too (4.128 against 3.974). No update was skipped in either run: at this size the gradient norms
-# stay far below CIFAR-10's threshold, so what the paper saw as many more skipped updates and, at
-# 75 layers, divergence shows here only as a slower start. The paper also found the scaling slightly
-# *worse* for shallow networks (15 and 30 layers); this notebook does not test that.
+# One run each is one draw. Over three seeds (`benchmarks/seeds.py --presets ch06b`, seed 0 being
+# the run above), the test bits/dim with and without the scaling, and the difference per seed:
+
+# %%
+table3 = seed_table(["vdvae_fashion_deep", "vdvae_fashion_deep_unscaled"])
+
+# %% [markdown]
+# On this seed the model without the scaling trails by 1.037 bits/dim in training loss at step 50
+# (6.033 against 4.996; the cell asserts more than 0.3) and by 0.176 at the end (4.244 against
+# 4.068), and its test loss is 4.138 against 3.975; no update is skipped either way (asserted),
+# where the paper's unscaled deep models needed many skips. That is one seed. Whether the scaling still leaves the model ahead on the test set after 150 steps, and by
+# how much against the spread between seeds, is pending: the table above is empty until
+# `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/seeds.py --presets ch06b` has trained the chapter's five presets for seeds 0, 1 and 2 (about a CPU minute each,
+# resumable) into `benchmarks/seeds_ch06b.json`. It then prints each seed and the paired
+# difference from the baseline, the same seed meaning the same batches.
 #
 # ## 2. Nearest-neighbour against learned unpooling (Fig. 5 in small)
 #
@@ -220,7 +265,8 @@ assert all(trainer.total_skips == 0 for trainer, _, _ in deep.values())  # no up
 #
 # **Exercise 2.** Write that upsampler without a convolution: `s` (B, C_in, r, r), `weight`
 # (C_in, C_out, f, f) — PyTorch's layout for a transposed convolution — and `bias` (C_out,); return
-# (B, C_out, r f, r f). (`torch.einsum` and a `reshape` do it.)
+# (B, C_out, r f, r f). (`torch.einsum` and a `reshape` do it; `F.conv_transpose2d` is the answer the
+# check compares with.) The learned-upsampler model below trains with your function.
 
 # %% nbgrader={"grade": false, "grade_id": "ex02_learned_unpool", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def learned_unpool(s, weight, bias, factor):
@@ -241,13 +287,15 @@ def library_unpool(s, weight, bias, factor):
 
 def unpool_cases(seed):
     g = torch.Generator().manual_seed(seed)
-    shapes = [(2, 8, 1, 4, 7), (3, 6, 7, 6, 2), (1, 4, 3, 2, 3)]  # (B, C_in, r, C_out, f)
-    return [(torch.randn(b, c, r, r, generator=g), torch.randn(c, o, f, f, generator=g), torch.randn(o, generator=g), f)
-            for b, c, r, o, f in shapes]
+    shapes = {"1x1 to 7x7 (factor 7)": (2, 8, 1, 4, 7), "7x7 to 14x14 (factor 2), C_in > C_out": (3, 6, 7, 4, 2),
+              "a batch of one, factor 3": (1, 4, 3, 5, 3)}  # (B, C_in, r, C_out, f)
+    return {kind: (torch.randn(b, c, r, r, generator=g), torch.randn(c, o, f, f, generator=g),
+                   torch.randn(o, generator=g), f) for kind, (b, c, r, o, f) in shapes.items()}
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex02_learned_unpool_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-ok_unpool = check("learned_unpool", learned_unpool, library_unpool, unpool_cases(0))
+ok_unpool = check("learned_unpool", learned_unpool, library_unpool, unpool_cases(0),
+                  forbid=(F.conv_transpose2d, torch.nn.ConvTranspose2d))
 
 # %% [markdown]
 # Nearest-neighbour unpooling is the special case $W[k, o, a, c] = [k = o]$, $b = 0$: every patch
@@ -261,9 +309,7 @@ identity = torch.eye(16)[:, :, None, None].expand(16, 16, 2, 2)  # (C_in, C_out,
 nearest = Unpool("nearest", 2, 16, 16)(s_low)  # (B, C, 2r, 2r)
 assert torch.allclose(unpool_fn(s_low, identity, torch.zeros(16), 2), nearest)
 with torch.device("meta"):
-    nearest_model = deep_model(True)
-    learned_model = VDVAE((1, 28, 28), 8, width=16, zdim=4, num_mixtures=5, enc_blocks=ENCODER,
-                          dec_blocks=DEEP["dec_blocks"], unpool="learned")
+    nearest_model, learned_model = deep_model(True), deep_model(True, unpool="learned")
 extra = {f"{m}m{s}": 16 * 16 * (m // s) ** 2 + 16 for m, s in ((7, 1), (14, 7), (28, 14))}
 print(f"learned unpooling adds {param_count(learned_model) - param_count(nearest_model):,} parameters: "
       + ", ".join(f"{k}: {v:,}" for k, v in extra.items()))
@@ -278,140 +324,326 @@ assert param_count(learned_model) - param_count(nearest_model) == sum(extra.valu
 # The paper plots the *cumulative* KL along the hierarchy, top first, in bits per data dimension:
 # $R_l = \frac{1}{D \ln 2}\sum_{j \le l} \mathrm{KL}_j$ for KLs in nats per image and $D$ dimensions per image.
 #
-# **Exercise 3.** Write it: `kl` is the (L,) vector of KLs per layer in nats per image, top first,
-# `num_dims` is $D$; return the (L,) cumulative rate in bits per dimension. The plot below draws yours.
+# **Exercise 3.** Write the information profile of a model on test images: with the model in
+# evaluation mode and without gradients, run it on the images in batches of `batch_size`, in order
+# (`model(batch).kl_per_group` is (B, L), nats per image), and average the KL of every layer over
+# all the images; then the cumulative rate $R_l$ in bits per dimension, the number of *silent*
+# layers (a mean KL below 0.01 nats) and the index of the first layer, from the top, that is not
+# silent (None if every layer is). Put the model back in the mode it was in. Return
+# `{"kl": (L,), "cumulative_bits": (L,), "silent": int, "first_used": int or None}`. The check draws
+# the same posterior noise for your function and the library's `kl_per_group` and `cumulative_rate`;
+# Fig. 5 below is drawn with yours.
 
-# %% nbgrader={"grade": false, "grade_id": "ex03_cumulative_kl", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def cumulative_kl_bits(kl, num_dims):
-    """(L,) cumulative KL from the top layer down, in bits per data dimension."""
+# %%
+def library_profile(model, images, num_dims, batch_size=256):
+    kl = diagnostics.kl_per_group(model, images, batch_size)  # (L,)
+    used = [i for i, k in enumerate(kl.tolist()) if k >= 0.01]
+    return {"kl": kl, "cumulative_bits": diagnostics.cumulative_rate(kl, num_dims), "silent": int((kl < 0.01).sum()),
+            "first_used": used[0] if used else None}
+
+
+def profile_with_seed(profile, model, images, num_dims, batch_size, seed):
+    torch.manual_seed(seed)  # the same z noise for both
+    return profile(model, images, num_dims, batch_size)
+
+
+def student_profile(*case):
+    return profile_with_seed(information_profile, *case)
+
+
+def reference_profile(*case):
+    return profile_with_seed(library_profile, *case)
+
+
+def silent_top_model(seed):
+    """A small model whose top layers are silent: their posterior equals their prior (zero KL)."""
+    model = deep_model(True)
+    with torch.no_grad():
+        for block in list(model.dec_blocks)[:2]:  # the two 1x1 layers: q's mean and log-sigma = p's
+            block.posterior.c4.weight.zero_()
+            block.posterior.c4.bias.zero_()
+    torch.manual_seed(seed)
+    return model.train()  # a model left in training mode: the profile must evaluate it, then put it back
+
+
+def profile_cases(seed):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(40, 1, 28, 28, generator=g)
+    return {"a 69-layer model, batches of 16 (the last one short)": (deep_model(True), images, 784, 16, seed),
+            "silent top layers": (silent_top_model(seed), images[:12], 784, 256, seed)}
+
+
+# %% nbgrader={"grade": false, "grade_id": "ex03_information_profile", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def information_profile(model, images, num_dims, batch_size=256):
+    """{'kl': (L,) nats per image, 'cumulative_bits': (L,), 'silent': int, 'first_used': int or None}."""
     # YOUR CODE HERE
     raise NotImplementedError()
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex03_cumulative_kl_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-ok_cumulative = check("cumulative_kl_bits", cumulative_kl_bits, diagnostics.cumulative_rate,
-                      [(torch.tensor([784 * math.log(2), 0.0, 392 * math.log(2)]), 784), (torch.rand(69) * 30, 784)])
+# %% nbgrader={"grade": true, "grade_id": "ex03_information_profile_test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+ok_profile = check("information_profile", student_profile, reference_profile, profile_cases(0),
+                   forbid=("hvae_lib.analysis.diagnostics:kl_per_group", "hvae_lib.analysis.diagnostics:cumulative_rate"))
+
+# %% [markdown]
+# The learned-upsampler model trains with your upsampler of exercise 2 in every unpooling (or the
+# library's transposed convolution, until it passes):
 
 # %%
-cumulative_bits = use_if_correct("cumulative_kl_bits", cumulative_kl_bits, diagnostics.cumulative_rate, ok_cumulative)
-learned = train("deep_learned", {**DEEP, "unpool": "learned"})
-kl_curves = {}
-for name, (trainer, result, _) in (("nearest neighbour", deep[True]), ("learned (transposed conv)", learned)):
-    kl = diagnostics.kl_per_group(trainer.eval_model, x_test)  # (L,) nats per image
-    kl_curves[name] = (kl, result["test_bpd"], trainer.eval_model.layer_resolutions)
+profile_fn = use_if_correct("information_profile", information_profile, library_profile, ok_profile)
+
+
+def use_your_upsampler(model):
+    for unpool in model.unpools.values():  # the learned Unpools keep their weights; the forward is yours
+        unpool.forward = functools.partial(lambda s, u: unpool_fn(s, u.up.weight, u.up.bias, u.factor), u=unpool)
+
+
+learned = train("vdvae_fashion_deep_learned", prepare=use_your_upsampler)
+torch.manual_seed(0)
+profiles = {"nearest neighbour": (profile_fn(deep[True][0].model, x_test, data.info.num_dims), deep[True][1]["test_bpd"]),
+            "learned (transposed conv)": (profile_fn(learned[0].model, x_test, data.info.num_dims), learned[1]["test_bpd"])}
 fig, ax = plt.subplots(figsize=(8, 3.2))
-for name, (kl, bpd, _) in kl_curves.items():
-    ax.plot(range(len(kl)), cumulative_bits(kl, data.info.num_dims).numpy(), label=f"{name}: {bpd:.3f} bits/dim")
+for name, (profile, bpd) in profiles.items():
+    ax.plot(range(len(profile["kl"])), profile["cumulative_bits"].numpy(), label=f"{name}: {bpd:.3f} bits/dim")
 ax.set(xlabel="latent layer (top = 0)", ylabel="cumulative KL (bits/dim)", title="Where the information sits")
 ax.legend()
 plt.tight_layout()
-for name, (kl, bpd, resolutions) in kl_curves.items():
-    silent = int((kl < 0.01).sum())
-    first = next((i for i, k in enumerate(kl.tolist()) if k >= 0.01), None)
-    print(f"{name:26s} test {bpd:.3f} bits/dim; layers with KL < 0.01 nats: {silent} of {len(kl)}; first layer "
-          f"that carries information: {first}; total KL {cumulative_bits(kl, data.info.num_dims)[-1]:.3f} bits/dim")
-top = {name: kl[[i for i, r in enumerate(res) if r == 1]].sum().item() for name, (kl, _, res) in kl_curves.items()}
+for name, (profile, bpd) in profiles.items():
+    print(f"{name:26s} test {bpd:.3f} bits/dim; layers with KL < 0.01 nats: {profile['silent']} of {len(profile['kl'])}; "
+          f"first layer that carries information: {profile['first_used']}; total KL "
+          f"{profile['cumulative_bits'][-1]:.3f} bits/dim")
+top = {name: profile["kl"][:2].sum().item() for name, (profile, _) in profiles.items()}  # the two 1x1 layers
 print(f"KL of the two 1x1 layers: {top['nearest neighbour']:.3f} nats with nearest-neighbour unpooling, "
       f"{top['learned (transposed conv)']:.4f} with the learned upsampler")
-silent = {name: int((kl < 0.01).sum()) for name, (kl, _, _) in kl_curves.items()}
-if not SMOKE:
+if not SMOKE:  # this seed's run; the seeds below say how the losses compare
     assert top["learned (transposed conv)"] < 0.01 < 0.1 < top["nearest neighbour"]
-    assert kl_curves["nearest neighbour"][0][0] >= 0.01  # with nearest neighbours the very first layer is used
-    assert abs(silent["nearest neighbour"] - silent["learned (transposed conv)"]) <= 5  # elsewhere: alike
-    assert abs(kl_curves["nearest neighbour"][1] - kl_curves["learned (transposed conv)"][1]) < 0.02  # same loss
+    assert profiles["nearest neighbour"][0]["first_used"] == 0  # with nearest neighbours the very first layer is used
 
 # %% [markdown]
-# As in the paper, the learned upsampler leaves the top of the hierarchy unused: together the two
-# 1×1 layers carry 0.0002 nats, against 0.25 with nearest neighbours, where the very first layer
-# already carries information. The rest is not the paper's result in small: elsewhere both models
-# leave about as many layers silent (13 and 11 of 69), and after 150 steps their test losses are the
-# same (3.974 and 3.976 bits/dim), where the paper, after long training, measured a lower loss with
-# nearest neighbours. A plausible reason for the silent top: nearest-neighbour unpooling copies the
-# 1×1 state into every pixel of the 7×7 state, so what the top latent says reaches the image from the
-# first step, while a randomly initialised upsampler first has to learn to pass it on — and until
-# it does, the KL those layers would pay buys nothing.
-#
-# ## 3. Depth against width at a fixed number of parameters (Table 1 in small)
-#
-# The paper's Table 1: at a fixed parameter count, more (stochastic) layers gave a lower loss, up to
-# the 48 it tried. Here the 69-layer model of section 1 (width 16) against a 30-layer and an
-# 8-layer model, each as wide as it must be to have as many parameters, all trained for STEPS steps.
-#
-# **Exercise 4.** Given `param_count(width)` — the model's number of parameters at that width,
-# growing with it — and a budget, return the multiple of 4 between 4 and 256 whose count is closest
-# to the budget (the smaller width on a tie). Table 1's models are built with your function.
+# Over three seeds, the test bits/dim with each upsampler:
 
-# %% nbgrader={"grade": false, "grade_id": "ex04_closest_width", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def closest_width(param_count, budget):
-    """The width (a multiple of 4 in [4, 256]) whose param_count is closest to budget."""
+# %%
+fig5 = seed_table(["vdvae_fashion_deep", "vdvae_fashion_deep_learned"])
+
+# %% [markdown]
+# The run above shows the paper's finding in small on one seed, asserted: with the learned
+# upsampler the two 1×1 layers carry 0.0002 nats (under 0.01) against 0.246 (over 0.1) with nearest
+# neighbours, and the first layer that carries information is layer 2 against layer 0. The test
+# losses, 3.976 and 3.975 bits/dim, are one seed each, and how they compare is not read from it: the three-seed runs are pending (`OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/seeds.py --presets ch06b`; the cell above
+# then prints them and their differences from the baseline).
+#
+# ## 3. The same layers, a lower stochastic depth (Table 1 in small)
+#
+# The paper's Table 1 (left) asks whether *stochastic* depth — how many latent layers are drawn one
+# after the other — matters on its own. It keeps a network of 48 layers and about 41 million
+# parameters on ImageNet-32 and lowers its stochastic depth by grouping layers: within a group the
+# layers no longer read each other's output, so their latents are drawn together. The test loss fell
+# with stochastic depth all the way: 4.30, 4.18, 4.06, 3.98 and 3.95 nats per dimension at 3, 6, 12,
+# 24 and 48 stochastic layers. (Its right half kept 48 layers and moved them between resolutions:
+# more at the high resolutions did better.)
+#
+# The library's VDVAE groups layers with `layers_per_group` $k$ (our reading of the paper's Section
+# 5.1; the official code has no such switch): the layers of each resolution are taken in runs of $k$
+# consecutive layers, every layer of a run reads the state $s_g$ the run starts from, and the run
+# hands on the sum of their increments,
+#
+# $$s \leftarrow s_g + \sum_{j=1}^{k} \big(\text{layer}_j(s_g) - s_g\big).$$
+#
+# Here the 69-layer model of section 1 at $k$ = 1 (69 stochastic layers), 4 (20) and 61 (one group per
+# resolution: 4), every time with the same 69 layers and 121,060 parameters (presets
+# `vdvae_fashion_deep_stoch20` and `vdvae_fashion_deep_stoch4`).
+#
+# **Derivation (graded by hand).** For a grouped model: (a) show that the latents of the $k$ layers of
+# one group are conditionally independent given the latents above the group, both under the prior
+# and under the posterior; (b) give the stochastic depth — the number of sequential steps in which
+# the prior's latents can be drawn — for $n_r$ layers at resolution $r$; (c) say why the number of
+# parameters does not depend on $k$.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "derive01_grouped_stochastic_depth", "locked": false, "points": 3, "schema_version": 3, "solution": true, "task": false}
+# YOUR ANSWER HERE
+
+# %% [markdown]
+# **Exercise 4.** Your result (b) as a function: the stochastic depth of a decoder string whose layers
+# are grouped `layers_per_group` at a time. The check compares with the library's VDVAE built with
+# that grouping.
+
+# %%
+def encoder_for(dec_blocks):
+    """An encoder string that reaches every resolution of ``dec_blocks`` (pooling from one to the next)."""
+    resolutions = sorted({int(re.match(r"\d+", t).group()) for t in dec_blocks.split(",")}, reverse=True)
+    return ",".join([f"{a}d{a // b}" for a, b in zip(resolutions, resolutions[1:])] + [str(resolutions[-1])])
+
+
+def library_stochastic_depth(dec_blocks, layers_per_group):
+    size = int(re.match(r"\d+", dec_blocks.split(",")[-1]).group())
+    with torch.device("meta"):
+        model = VDVAE((1, size, size), 8, width=8, zdim=1, num_mixtures=1, enc_blocks=encoder_for(dec_blocks),
+                      dec_blocks=dec_blocks, layers_per_group=layers_per_group)
+    return model.stochastic_depth
+
+
+# %% nbgrader={"grade": false, "grade_id": "ex04_stochastic_depth", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def stochastic_depth(dec_blocks, layers_per_group):
+    """The number of sequential groups of a decoder string grouped layers_per_group at a time."""
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex04_stochastic_depth_test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+ok_depth = check("stochastic_depth", stochastic_depth, library_stochastic_depth,
+                 {"groups of 4": (DEEP_DEC, 4), "groups longer than every resolution's run": (DEEP_DEC, 61),
+                  "k = 1 (every layer its own group)": (DEEP_DEC, 1)})
+
+# %% [markdown]
+# **Exercise 5.** Write the grouped top-down pass during inference, for a model built without
+# grouping, run as if its layers were grouped `layers_per_group` at a time. As in Chapter 6's
+# exercise 3, the state at each resolution starts from the bias input (`model.bias_xs[str(r)]`) or
+# zeros (`model.widths[r]` channels), and a layer `RmS` first adds the state at $S$ unpooled
+# (`model.unpools[str(i)]` for layer $i$ does it, nearest neighbour); then:
+#
+# - a layer *starts a group* when it is the first of its resolution (the first layer, a change of
+#   resolution, or a mix-in) or when `layers_per_group` layers of its resolution came before it in
+#   its group; it reads the state as it stands, `s_g`, and its output becomes the state;
+# - any other layer reads the same `s_g` and adds its increment: `state = state + (out - s_g)`.
+#
+# A layer is called as `block(s, F.gelu(e_r))`, which returns (new state, KL per image, and two
+# things you do not need), `e_r` = `activations[r]`. Return the features
+# `states[H] * model.gain + model.bias` (B, C, H, W) and the KLs stacked (B, L). Work out the groups
+# from the layers themselves: the check hands you a model built without grouping, and compares with
+# the library's model built with `layers_per_group`, on the same weights and noise. The chapter then
+# measures its trained Table 1 models with your pass.
+
+# %%
+GROUP_ARCH = dict(width=8, zdim=2, num_mixtures=2, enc_blocks="16x1,16d4,4x1,4d4,1x1", dec_blocks="1x2,4m1,4x6,16m4,16x2")
+
+
+def grouped_pair(seed, k, **arch):
+    """(the model without grouping, the same weights grouped k at a time), weights moved off their start."""
+    arch = {**GROUP_ARCH, **arch}
+    torch.manual_seed(seed)
+    plain = VDVAE((1, 16, 16), 8, **arch)
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    grouped = VDVAE((1, 16, 16), 8, layers_per_group=k, **arch)
+    grouped.load_state_dict(plain.state_dict())
+    return plain, grouped
+
+
+def run_grouped(fn, model, x, k, seed):
+    with torch.no_grad():
+        activations = model.encoder(model.normalise(x))  # {r: (B, C_r, r, r)}
+        torch.manual_seed(seed)
+        return fn(model, activations, k)
+
+
+def library_grouped(model, activations, k):
+    """The library's top-down pass of a model built with layers_per_group (``k`` is its own)."""
+    gelu = {r: F.gelu(a) for r, a in activations.items()}
+    features, kls, _, _ = model.top_down(next(iter(activations.values())).shape[0], gelu, model.num_groups)
+    return features, torch.stack(kls, dim=1)
+
+
+def student_grouped(plain, grouped, x, k, seed):
+    return run_grouped(grouped_top_down, plain, x, k, seed)
+
+
+def reference_grouped(plain, grouped, x, k, seed):
+    return run_grouped(library_grouped, grouped, x, k, seed)
+
+
+def grouped_cases(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, 1, 16, 16, generator=g)
+    return {"groups of 2": (*grouped_pair(seed, 2), x, 2, seed),
+            "groups of 4 (a short last group)": (*grouped_pair(seed + 1, 4), x, 4, seed),
+            "one group per resolution, no bias input above 4x4": (*grouped_pair(seed + 2, 8, no_bias_above=4), x, 8, seed),
+            "k = 1: the ordinary pass": (*grouped_pair(seed + 3, 1), x[:1], 1, seed)}
+
+
+# %% nbgrader={"grade": false, "grade_id": "ex05_grouped_top_down", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def grouped_top_down(model, activations, layers_per_group):
+    """The top-down pass with layers grouped layers_per_group at a time: (features (B, C, H, W), KL (B, L))."""
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex05_grouped_top_down_test", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
+ok_grouped = check("grouped_top_down", student_grouped, reference_grouped, grouped_cases(0),
+                   forbid=("hvae_lib.models.vdvae:VDVAE.top_down", "hvae_lib.models.vdvae:VDVAE.forward"))
+
+
+# %% [markdown]
+# **Predict, then run.** After 150 steps, how many bits/dim higher (positive) is the test loss of
+# the model with stochastic depth 4 than the 69-layer model's — the same layers and parameters?
+
+# %% nbgrader={"grade": false, "grade_id": "predict02_shallow_stochastic_gap", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def predicted_stochastic_gap():
     # YOUR CODE HERE
     raise NotImplementedError()
 
 
 # %%
-def library_width(param_count, budget):
-    return width_for_budget(param_count, budget, multiple=4, max_width=256)
-
-
-# %% nbgrader={"grade": true, "grade_id": "ex04_closest_width_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-ok_width = check("closest_width", closest_width, library_width,
-                 [(lambda w: 10 * w * w, 6760), (lambda w: w * w + 100 * w, 50_000), (lambda w: w, 6)])
-
-# %%
-fit_width = use_if_correct("closest_width", closest_width, library_width, ok_width)
-
-
-def size_at(dec_blocks):
-    """param_count(width) of the chapter's model with this decoder (built on the meta device: no memory)."""
-    def count(width):
-        with torch.device("meta"):
-            return param_count(build_model(override(get_preset("vdvae_fashion"),
-                                                    {**COMMON, "width": width, "dec_blocks": dec_blocks}), data.info))
-    return count
-
-
-target = param_count(deep[True][0].model)
-budget = {"69 layers, width 16": deep[True]}
-for layers, dec_blocks in ((30, "1x1,7m1,7x22,14m7,14x4,28m14"), (8, "1x1,7m1,7x3,14m7,14x1,28m14")):
-    width = fit_width(size_at(dec_blocks), target)
-    budget[f"{layers} layers, width {width}"] = train(f"{layers}_layers", {"width": width, "dec_blocks": dec_blocks})
-sizes = {name: param_count(trainer.model) for name, (trainer, _, _) in budget.items()}
-fig, ax = plt.subplots(figsize=(6, 2.6))
-names = list(budget)
-bpds = {n: budget[n][1]["test_bpd"] for n in names}
-ax.barh(names, [bpds[n] for n in names])
-for i, n in enumerate(names):
-    ax.text(bpds[n], i, f" {bpds[n]:.3f}", va="center")
-ax.set(xlabel="test bits/dim after the same steps", xlim=(min(bpds.values()) - 0.2, max(bpds.values()) + 0.15))
+grouped_fn = use_if_correct("grouped_top_down", grouped_top_down, library_grouped, ok_grouped)
+table1 = {69: deep[True], 20: train("vdvae_fashion_deep_stoch20"), 4: train("vdvae_fashion_deep_stoch4")}
+for depth, (trainer, _, _) in table1.items():
+    assert trainer.model.stochastic_depth == depth and param_count(trainer.model) == param_count(deep[True][0].model)
+bpds = {depth: result["test_bpd"] for depth, (_, result, _) in table1.items()}
+reveal_prediction("stochastic depth 4 minus 69, test bits/dim", predicted_stochastic_gap, round(bpds[4] - bpds[69], 3),
+                  " bits/dim")
+kl_by_depth = {}
+for depth, (trainer, _, _) in table1.items():  # the KL of every layer, with your grouped pass
+    model = trainer.model.eval()
+    k = get_preset(f"vdvae_fashion_deep{'' if depth == 69 else f'_stoch{depth}'}").model.layers_per_group
+    torch.manual_seed(0)
+    kl_by_depth[depth] = torch.cat([run_grouped(grouped_fn, model, batch, k, 0)[1] for batch in x_test.split(500)]).mean(0)
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.2), gridspec_kw={"width_ratios": [1, 2]})
+ax1.barh([f"stochastic depth {d}" for d in bpds], list(bpds.values()))
+for i, d in enumerate(bpds):
+    ax1.text(bpds[d], i, f" {bpds[d]:.3f}", va="center")
+ax1.set(xlabel="test bits/dim after the same steps", xlim=(min(bpds.values()) - 0.2, max(bpds.values()) + 0.2))
+for depth, kl in kl_by_depth.items():
+    ax2.plot(range(len(kl)), diagnostics.cumulative_rate(kl, data.info.num_dims).numpy(), label=f"stochastic depth {depth}")
+ax2.set(xlabel="latent layer (top = 0)", ylabel="cumulative KL (bits/dim)", title="69 layers, grouped")
+ax2.legend()
 plt.tight_layout()
-for n in names:
-    print(f"{n:20s} {sizes[n]:,} parameters, test {bpds[n]:.3f} bits/dim")
-assert max(sizes.values()) / min(sizes.values()) < 1.06  # the same budget, within 6%
-if not SMOKE:
-    deepest, mid, shallow = names
-    assert bpds[deepest] > max(bpds[mid], bpds[shallow]) + 0.03  # after 150 steps the deepest is behind
-    assert abs(bpds[mid] - bpds[shallow]) < 0.02  # and 30 against 8 layers is a tie
+for depth in bpds:
+    print(f"stochastic depth {depth:2d}: test {bpds[depth]:.3f} bits/dim, total KL {kl_by_depth[depth].sum():.1f} nats; "
+          f"layers with KL < 0.01 nats: {int((kl_by_depth[depth] < 0.01).sum())} of 69")
+assert all(torch.isfinite(kl).all() and (kl > -1e-4).all() for kl in kl_by_depth.values())
 
 # %% [markdown]
-# At this budget depth has not paid yet: the 69-layer model is 0.06 bits/dim behind, and 30 layers
-# at width 24 tie with 8 layers at width 40 (3.915 and 3.917). That is not the paper's Table 1,
-# where with equal parameters more stochastic layers gave a lower loss, up to 48 — but the paper
-# compared models trained for hundreds of thousands of steps, and these have had 150: what they
-# measure is how fast a model starts. Reproducing Table 1 itself needs the paper's training
-# budget, or at least a GPU: the presets and the engine are ready for it.
+# Over three seeds:
+
+# %%
+table1_seeds = seed_table(["vdvae_fashion_deep", "vdvae_fashion_deep_stoch20", "vdvae_fashion_deep_stoch4"])
+
+# %% [markdown]
+# The paper's gap — 4.30 against 3.95 nats per dimension from 3 to 48 stochastic layers — came from
+# long training; here each model has 150 steps. On this seed the test losses are 3.975, 4.007 and
+# 4.142 bits/dim at stochastic depth 69, 20 and 4 — the paper's order, depth 4 0.167 bits/dim
+# behind — and the lower the stochastic depth, the more KL the layers carry (52.8, 57.2 and 75.0
+# nats). These are single runs and not asserted. What is asserted holds by construction and by measurement on this run: the three models
+# have the same 69 layers and parameters, their stochastic depths are 69, 20 and 4, and your grouped
+# pass gives every layer a finite, non-negative KL. Whether a lower stochastic depth costs anything
+# at this size and budget, against the spread between seeds, is pending: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/seeds.py --presets ch06b` trains the three
+# presets for seeds 0, 1 and 2, and the cell above then prints them with their differences from
+# the 69-layer model.
 #
 # ## Summary
 #
-# - **1/√N scaling** (Table 3 in small): the factor depends only on how many blocks each tower has
-#   (exercise 1). Without it a 69-layer model starts from a top-down state whose variance grows with
-#   depth, and trails by 1.0 bits/dim at step 50 and 0.17 at step 150; no update was skipped either way.
-# - **Unpooling** (Fig. 5 in small): a learned upsampler — a transposed convolution, one learned
-#   patch per pixel (exercise 2), of which nearest neighbour is the identity case — leaves the top
-#   layers unused, as in the paper; the cumulative KL (exercise 3) shows where the information sits.
-#   After 150 steps the loss is the same either way.
-# - **Depth against width** (Table 1 in small): with widths fitted to one parameter budget
-#   (exercise 4), after 150 steps the deepest model is behind and the other two tie; the paper's
-#   advantage of depth is a result of long training, which these runs do not reach.
+# - **1/√N scaling** (Table 3 in small): the factors come from the architecture strings alone
+#   (exercise 1) and multiply exactly the last convolution of every residual branch and every $z$
+#   projection. Without them the 69-layer model trails early in training (by more than 0.3
+#   bits/dim at step 50 on this run); no update is skipped either way.
+# - **Unpooling** (Fig. 5 in small): a learned upsampler is one learned patch per pixel (exercise
+#   2), of which nearest neighbour is the identity case; with it the two 1×1 layers stay silent, as
+#   in the paper, while with nearest neighbours the first layer is used. The information profile
+#   (exercise 3) shows where the KL sits.
+# - **Stochastic depth** (Table 1 in small): grouping $k$ layers that read one state keeps every
+#   layer and parameter and lowers the number of sequential draws to $\sum_r \lceil n_r / k \rceil$
+#   (the derivation and exercise 4); your grouped top-down pass (exercise 5) measures the models.
+# - Every comparison of test losses between these variants waits for three seeds (`OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/seeds.py --presets ch06b`); one run
+#   each is not a result.
 #
 # **Next:** Chapter 7 shows what the depth buys in theory — an N-layer VAE generalises an
 # autoregressive model — and, with Chapter 6's model, what each resolution of the hierarchy decides.

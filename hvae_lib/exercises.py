@@ -117,6 +117,8 @@ class Forbidden:
             obj = obj.func
         if inspect.ismethod(obj):
             obj = obj.__func__
+        if inspect.isfunction(obj):  # a decorated function (``@torch.no_grad()``): its wrapper's code is shared
+            obj = inspect.unwrap(obj)  # by every function so decorated, so watch the function itself
         if inspect.isbuiltin(obj) or inspect.ismethoddescriptor(obj):
             self.builtins[obj.__name__] = _label(obj)
         elif inspect.isclass(obj):

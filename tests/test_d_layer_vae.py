@@ -130,6 +130,24 @@ def test_sampling_the_copy_vae_gives_the_ar_distribution():
     assert (freq - ar.log_prob(all_binary_vectors(3)).exp()).abs().max() < 0.02
 
 
+def test_sampling_from_uniforms_follows_the_prior_and_the_decoder():
+    ar = random_ar(3, seed=7)
+    copy_vae, learned = DLayerVAE(ar), DLayerVAE(ar, learned=True, hidden=8)
+    g = torch.Generator().manual_seed(0)
+    u_latent, u_pixel = torch.rand(20000, 3, generator=g), torch.rand(20000, 3, generator=g)
+    x, z, log_pz = copy_vae.sample_from_uniforms(u_latent, u_pixel)
+    assert torch.equal(x, z) and torch.equal(z, ar.sample_from_uniforms(u_latent))  # the AR sampler's draws
+    assert torch.allclose(log_pz, ar.log_prob(z), atol=1e-5)  # and their log-probability, accumulated
+    x, z2, _ = learned.sample_from_uniforms(u_latent, u_pixel)
+    assert torch.equal(z2, z)  # the same prior, the same uniforms: the same latents
+    codes = (x * 2 ** torch.arange(3)).sum(1).long()
+    freq = torch.bincount(codes, minlength=8).float() / len(x)
+    with torch.no_grad():
+        p_x = learned.log_marginal(all_binary_vectors(3)).exp()  # (8,) the exact marginal of the learned model
+    sigma = (p_x * (1 - p_x) / len(x)).sqrt()
+    assert ((freq - p_x).abs() < 5 * sigma + 1e-4).all()  # each frequency within 5 standard errors
+
+
 def test_bad_inputs_get_one_clear_sentence():
     vae = DLayerVAE(random_ar(4))
     with pytest.raises(ValueError, match=r"vectors of 4 binary pixels"):

@@ -19,7 +19,7 @@ from hvae_lib.models.presets import get_preset, list_presets
 from hvae_lib.probability.objectives import elbo
 from hvae_lib.training.checkpoint import load_checkpoint
 from hvae_lib.training.engine import Trainer, TrainingError, build_data_and_model
-from hvae_lib.training.optim import lr_factor, make_optimizer
+from hvae_lib.training.optim import lr_factor, make_optimizer, should_skip
 from hvae_lib.training.run_log import GlobalBatches
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,6 +157,26 @@ def test_a_non_finite_loss_is_skipped_counted_and_changes_nothing(tmp_path, caps
     assert "skipped=1" in bar and "bpd=" in bar and "img_s=" in bar and "loss=" in bar
 
 
+def test_the_skip_rule_is_openai_vdvae_s_a_norm_at_the_threshold_is_skipped():
+    """openai/vdvae updates only while grad_norm < skip_threshold: equality skips; 0 turns the size test off."""
+    t = torch.tensor
+    cases = {(2.0, 399.99, 400.0): False, (2.0, 400.0, 400.0): True, (2.0, 400.01, 400.0): True,
+             (2.0, 1e9, 0.0): False, (float("nan"), 1.0, 400.0): True, (2.0, float("inf"), 0.0): True,
+             (float("-inf"), 1.0, 0.0): True}
+    for (loss, norm, threshold), skip in cases.items():
+        assert bool(should_skip(t(loss), t(norm), threshold)) is skip, (loss, norm, threshold)
+
+
+def test_a_norm_equal_to_the_threshold_skips_the_update_in_the_engine(tmp_path):
+    probe = Trainer(tiny("max_steps=1"), tmp_path / "probe", resume=False)
+    norm = probe.train_step()["grad_norm"]  # the first step's norm, deterministic from the seed
+    at = Trainer(tiny("max_steps=1", f"skip_threshold={norm!r}"), tmp_path / "at", resume=False)
+    before = [p.detach().clone() for p in at.model.parameters()]
+    record = at.train_step()
+    assert record["grad_norm"] == norm and record["skipped"] == 1 and at.total_skips == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, at.model.parameters()))
+
+
 def test_quiet_mode_draws_no_bar(tmp_path, capsys):
     Trainer(tiny("max_steps=2"), tmp_path, resume=False).fit()
     assert capsys.readouterr().err == ""
@@ -243,6 +263,18 @@ def test_ema_follows_the_weights_and_serves_evaluation(tmp_path):
     assert trainer.eval_model is trainer.ema and not any(p.requires_grad for p in trainer.ema.parameters())
     plain = Trainer(tiny(), tmp_path / "no_ema", resume=False)
     assert plain.ema is None and plain.eval_model is plain.model
+
+
+def test_evaluate_raw_scores_the_raw_weights_when_an_ema_is_kept(tmp_path):
+    """evaluate(raw=True) is what a model without an EMA reports: the comparisons across models use it."""
+    trainer = Trainer(tiny("ema_rate=0.5", "test_limit=64"), tmp_path, resume=False)
+    for _ in range(3):
+        trainer.train_step()
+    ema, raw = trainer.evaluate(), trainer.evaluate(raw=True)
+    assert ema["test_images"] == raw["test_images"] == 64 and ema["test_bpd"] != raw["test_bpd"]
+    twin = Trainer(tiny("test_limit=64"), tmp_path / "twin", resume=False)  # no EMA: evaluates its raw weights
+    twin.model.load_state_dict(trainer.model.state_dict())
+    assert twin.evaluate() == raw and trainer.model.training  # and training mode is restored
 
 
 def test_lr_schedule_warmup_cosine_and_constant():

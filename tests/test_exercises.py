@@ -222,6 +222,22 @@ def test_a_forbidden_builtin_is_caught_whatever_it_is_called_as(capsys):
     assert check("top_sv_by_hand", power_iteration, lambda x: torch.linalg.svdvals(x)[0], cases, forbid=(torch.svd,))
 
 
+def test_a_decorated_reference_forbids_itself_and_not_every_function_decorated_alike(capsys):
+    """``@torch.no_grad()`` wraps functions in one shared wrapper: the guard watches the function inside."""
+    @torch.no_grad()
+    def oracle(x):
+        return x * 2
+
+    @torch.no_grad()
+    def unrelated(x):  # decorated alike, and legitimately used by the student
+        return x + x
+
+    assert check("double_no_grad", lambda x: unrelated(x), oracle, CASES)
+    capsys.readouterr()
+    assert not check("double_no_grad", lambda x: oracle(x), oracle, CASES)
+    assert "calls test_exercises" in capsys.readouterr().out and "oracle" in str(exercises._ORACLES)
+
+
 def test_verdict_of_a_class_reference_forbids_its_methods():
     from hvae_lib.probability.residual_normal import NVAENormal
 

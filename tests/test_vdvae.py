@@ -232,6 +232,54 @@ def test_learned_unpooling_and_lower_bit_depths():
     assert torch.equal(s, torch.round(s * 31) / 31)  # on the 5-bit grid
 
 
+def test_grouped_layers_lower_the_stochastic_depth_and_keep_every_layer_and_parameter():
+    """layers_per_group k (the paper's Table 1, left): the layers of each resolution in groups of k that
+    all read the group's first state, their increments summed; k = 1 is the ordinary model, exactly."""
+    plain, one = small_vdvae(), small_vdvae(layers_per_group=1)
+    x = images()
+    torch.manual_seed(3)
+    a = plain(x)
+    torch.manual_seed(3)
+    b = one(x)
+    assert torch.equal(a.log_px_z, b.log_px_z) and torch.equal(a.kl_per_group, b.kl_per_group)
+    assert plain.stochastic_depth == plain.num_groups == 7
+    deep = dict(dec_blocks="1x2,4m1,4x5,8m4,8x2,16m8,16x1")  # 2 at 1x1, 6 at 4x4, 3 at 8x8, 2 at 16x16
+    sizes = {}
+    for k, depth in ((1, 13), (2, 1 + 3 + 2 + 1), (3, 1 + 2 + 1 + 1), (6, 4)):
+        model = small_vdvae(layers_per_group=k, **deep)
+        sizes[k] = sum(p.numel() for p in model.parameters())
+        assert model.num_groups == 13 and model.stochastic_depth == depth, k
+    assert len(set(sizes.values())) == 1  # the same layers and parameters whatever the grouping
+    # Within a group every layer reads the same state: record each block's input.
+    model = small_vdvae(layers_per_group=3, **deep)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # move the zero-initialised priors so that states differ
+    inputs, outputs = [], []
+
+    def record(module, args, out):  # returns None: the block's output is kept
+        inputs.append(args[0])
+        outputs.append(out[0])
+
+    hooks = [blk.register_forward_hook(record) for blk in model.dec_blocks]
+    out = model(x)
+    for h in hooks:
+        h.remove()
+    starts = model.group_starts
+    assert starts == [True, False, True, False, False, True, False, False, True, False, False, True, False]
+    for i in range(1, 13):
+        assert torch.equal(inputs[i], inputs[i - 1]) == (not starts[i]), i
+    # the 4x4 group of layers 2-4 hands on its input plus the sum of its layers' increments
+    summed = inputs[2] + sum(outputs[j] - inputs[2] for j in (2, 3, 4))
+    assert torch.allclose(inputs[5], summed, atol=1e-5) and not torch.allclose(inputs[5], outputs[4], atol=1e-3)
+    assert out.kl_per_group.shape == (4, 13) and torch.isfinite(out.log_px_z).all()
+    assert model.sample(2).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="layers_per_group"):
+        small_vdvae(layers_per_group=0)
+    config = override(get_preset("vdvae_tiny"), {"layers_per_group": 2})
+    assert build_model(config, dataset_info("shapes", resolution=16)).stochastic_depth == 4  # 1, 4x2, 8x2, 16x2
+
+
 def test_width_for_budget_picks_the_closest_multiple():
     quadratic = lambda w: 10 * w * w  # noqa: E731
     assert width_for_budget(quadratic, 10 * 26 * 26) == 24  # 5760 and 7840 around 6760: 24 is closer

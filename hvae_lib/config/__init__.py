@@ -88,7 +88,7 @@ class OptimConfig:
     batch_size: int = key(128, at_least=1)  # the global batch, split over the processes under torchrun
     max_steps: int = key(1000, at_least=1)
     grad_clip: float = key(200.0, at_least=0)  # clip the global gradient norm to this (0 = no clipping)
-    skip_threshold: float = key(0.0, at_least=0)  # skip the update when the norm exceeds this (0 = never skip on size)
+    skip_threshold: float = key(0.0, at_least=0)  # skip the update when the norm reaches this, as openai/vdvae (0 = never skip on size)
     max_consecutive_skips: int = key(50, at_least=1)  # then stop with an error instead of freezing silently
     ema_rate: float = key(0.0, at_least=0, below=1)  # 0 = no EMA; 0.999 keeps an exponential moving average
     kl_warmup_steps: int = key(0, at_least=0)  # beta ramps linearly from kl_warmup_start to 1 over these steps

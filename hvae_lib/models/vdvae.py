@@ -11,6 +11,14 @@ Layout, as the official ``vae.py``:
   it; finally s * gain + bias and a 1x1 convolution to the discretised logistic mixture's
   parameters at the data's bit depth.
 
+``layers_per_group`` k > 1 lowers the *stochastic* depth while keeping every layer and parameter,
+as in the paper's Table 1 (left; Section 5.1): the layers of each resolution are taken in groups of
+k consecutive layers that all read the state the group starts from, and the group adds up their
+increments, s <- s + sum_j (block_j(s) - s). Their latents are then conditionally independent given
+the layers above the group, so the model has one stochastic layer per group (``stochastic_depth``)
+and samples a group in one parallel step. This is our reading of the paper's "equal number of
+layers, but with lower stochastic depth" by grouping layers; the official code has no such switch.
+
 There is no normalisation and no clamp of the log-sigmas; what keeps a very deep stack trainable is
 the 1/sqrt(N) initialisation (:mod:`vdvae_parts`) and the training loop's gradient clipping and
 skipping, which the engine provides (``optim.grad_clip``, ``optim.skip_threshold``; it stops with an
@@ -57,10 +65,13 @@ class VDVAE(HierarchicalVAE):
                  dec_blocks: str = "1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21", bottleneck_multiple: float = 0.25,
                  custom_width_str: str = "", no_bias_above: int = 64, num_mixtures: int = 10,
                  input_mean: float = 127.5, input_std: float = 127.5, scale_residuals: bool = True,
-                 unpool: str = "nearest", official_grid: bool = False):
+                 unpool: str = "nearest", official_grid: bool = False, layers_per_group: int = 1):
         super().__init__(image_shape, bits)
         c, h, w = self.image_shape
         _check_values(h, w, width, zdim, bottleneck_multiple, num_mixtures, input_std, unpool, likelihood)
+        if layers_per_group < 1:
+            raise ValueError(f"model.layers_per_group must be at least 1 (1: every layer reads the one before), "
+                             f"got {layers_per_group}.")
         widths = parse_widths(custom_width_str, width)
         enc_specs, dec_specs = parse_encoder(enc_blocks, h), parse_decoder(dec_blocks, h)
         check_pair(enc_specs, dec_specs, enc_blocks, dec_blocks)
@@ -80,6 +91,13 @@ class VDVAE(HierarchicalVAE):
             if spec.mixin is not None:
                 self.unpools[str(len(self.dec_blocks) - 1)] = Unpool(unpool, r // spec.mixin, widths[spec.mixin], widths[r])
         self.mixins = [spec.mixin for spec in dec_specs]
+        # A group starts at every layer that starts a resolution and every layers_per_group-th after it.
+        position = [0] * n_dec
+        for i in range(1, n_dec):
+            same = dec_specs[i].resolution == dec_specs[i - 1].resolution and dec_specs[i].mixin is None
+            position[i] = position[i - 1] + 1 if same else 0
+        self.group_starts = [p % layers_per_group == 0 for p in position]
+        self.stochastic_depth = sum(self.group_starts)  # sequential stochastic steps of the top-down pass
         resolutions = sorted({spec.resolution for spec in dec_specs})
         # Learned inputs of the top-down tower, zero at initialisation (official: decoder.bias_xs).
         self.bias_xs = nn.ParameterDict({str(r): nn.Parameter(torch.zeros(1, widths[r], r, r))
@@ -130,16 +148,22 @@ class VDVAE(HierarchicalVAE):
         log_ratio = torch.zeros(n, device=self.gain.device)
         for idx, block in enumerate(self.dec_blocks):
             r = block.resolution
-            s = states.get(r)
-            if s is None:
-                bias = self.bias_xs[str(r)] if str(r) in self.bias_xs else None
-                s = bias.expand(n, -1, -1, -1) if bias is not None else self._zeros(n, r, encoder_gelu)
-            if self.mixins[idx] is not None:
-                s = s + self.unpools[str(idx)](states[self.mixins[idx]])
             fixed = latents[idx] if latents is not None and idx < len(latents) else None
             posterior = idx < num_posterior and fixed is None
-            s, kl, ratio, mean, z = self.checkpointed(block, s, encoder_gelu[r] if posterior else None,
-                                                      temperatures[idx], fixed, posterior_mean, True)
+            if self.group_starts[idx]:
+                s = states.get(r)
+                if s is None:
+                    bias = self.bias_xs[str(r)] if str(r) in self.bias_xs else None
+                    s = bias.expand(n, -1, -1, -1) if bias is not None else self._zeros(n, r, encoder_gelu)
+                if self.mixins[idx] is not None:
+                    s = s + self.unpools[str(idx)](states[self.mixins[idx]])
+                group_input = s  # (B, C, r, r): what every layer of this group reads
+                s, kl, ratio, mean, z = self.checkpointed(block, s, encoder_gelu[r] if posterior else None,
+                                                          temperatures[idx], fixed, posterior_mean, True)
+            else:  # a later layer of the group: same input, its increment added to the group's sum
+                out, kl, ratio, mean, z = self.checkpointed(block, group_input, encoder_gelu[r] if posterior else None,
+                                                            temperatures[idx], fixed, posterior_mean, True)
+                s = states[r] + (out - group_input)
             zs.append(z)
             states[r] = s
             if posterior:
@@ -253,7 +277,8 @@ class VDVAEConfig(ModelConfig):
     input_mean: float = key(127.5)  # the encoder's input normalisation, in 8-bit units (official per dataset)
     input_std: float = key(127.5, above=0)
     scale_residuals: bool = True  # the 1/sqrt(N) initialisation of the last layer of residual branches
-    unpool: str = key("nearest", one_of=("nearest", "learned"))  # nearest | learned (Chapter 6's ablation, the paper's Fig. 5)
+    unpool: str = key("nearest", one_of=("nearest", "learned"))  # nearest | learned (Chapter 6b's ablation, the paper's Fig. 5)
+    layers_per_group: int = key(1, at_least=1)  # k > 1: groups of k layers read one state, stochastic depth / k (Chapter 6b, Table 1)
     official_grid: bool = False  # openai's FFHQ-256 loss on 8-bit input (import_vdvae sets it for FFHQ-256 weights)
 
     def describe_protocol(self) -> str:

@@ -279,15 +279,17 @@ class Trainer(CleanStop):
         return "valid" if self.data.valid is not None else "test"
 
     @torch.no_grad()
-    def evaluate(self, max_batches: int = 0, split: str = "test") -> dict | None:
-        """Negative ELBO on ``split`` ("test" or "valid"; EMA weights when present), in nats/image and
-        bits/dim, as ``{split}_neg_elbo_nats``, ``{split}_bpd`` and ``{split}_images``.
+    def evaluate(self, max_batches: int = 0, split: str = "test", raw: bool = False) -> dict | None:
+        """Negative ELBO on ``split`` ("test" or "valid"; EMA weights when present, the raw weights with
+        ``raw``), in nats/image and bits/dim, as ``{split}_neg_elbo_nats``, ``{split}_bpd`` and
+        ``{split}_images``. ``raw`` puts a model with an EMA on the footing of models without one (the
+        course's comparisons across models, Chapter 6).
 
         None when a stop signal cut it short (on any rank: the ranks agree through the final sum).
         """
         dataset = self.data.valid if split == "valid" else self.data.test
         total = torch.zeros(3, device=self.device)  # (sum of -ELBO, images, ranks cut short)
-        with seeded_eval(self.eval_model, 1234 + self.rank) as model:
+        with seeded_eval(self.model if raw else self.eval_model, 1234 + self.rank) as model:
             n = len(dataset)
             bs = self.config.optim.batch_size // self.world
             for i, start in enumerate(range(self.rank * bs, n, bs * self.world)):

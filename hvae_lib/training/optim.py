@@ -56,9 +56,12 @@ def schedule_change(old, new, step: int) -> str:
 
 def should_skip(loss: torch.Tensor, grad_norm: torch.Tensor, skip_threshold: float) -> torch.Tensor:
     """VDVAE's gradient skipping (Chapter 6): skip the update (a bool tensor) when the loss or the
-    gradient norm is not finite, or when ``skip_threshold`` > 0 and the norm exceeds it."""
+    gradient norm is not finite, or when ``skip_threshold`` > 0 and the norm reaches it.
+
+    As openai/vdvae's ``train.py``, which updates only while ``grad_norm < skip_threshold``: a norm
+    equal to the threshold is skipped."""
     bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
-    return bad | (grad_norm > skip_threshold) if skip_threshold > 0 else bad
+    return bad | (grad_norm >= skip_threshold) if skip_threshold > 0 else bad
 
 
 @torch.no_grad()

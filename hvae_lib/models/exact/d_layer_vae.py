@@ -211,6 +211,24 @@ class DLayerVAE(nn.Module):
         return torch.stack(rows)
 
     @torch.no_grad()
+    def sample_from_uniforms(self, u_latent: torch.Tensor, u_pixel: torch.Tensor):
+        """Ancestral sampling driven by given uniforms, (B, D) each (Chapter 7, exercise 3):
+
+        z layer by layer, z_i = 1 if u_latent_i < p(z_i = 1 | z_<i) (D sequential passes of the prior
+        network, accumulating log p(z)); then x = z (copy decoder) or x_j = 1 if u_pixel_j < p(x_j = 1 | z)
+        (learned decoder). Returns (x (B, D), z (B, D), log p(z) (B,) in nats).
+        """
+        self.prior.check_input(u_latent)
+        z = torch.zeros_like(u_latent, dtype=torch.float32)  # (B, D), filled layer by layer
+        log_pz = torch.zeros(len(u_latent), device=u_latent.device)
+        for i in range(self.num_dims):
+            logit = self.prior(z)[:, i]  # layer i's prior given z_<i
+            z[:, i] = (u_latent[:, i] < torch.sigmoid(logit)).float()
+            log_pz += torch.where(z[:, i] == 1, F.logsigmoid(logit), F.logsigmoid(-logit))
+        x = (u_pixel < torch.sigmoid(self.decoder(2 * z - 1))).float() if self.learned else z.clone()
+        return x, z, log_pz
+
+    @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """n vectors: z layer by layer from the prior (D sequential passes of the AR network), then p(x|z)."""
         z = self.prior.sample(n)  # (n, D)

@@ -131,6 +131,25 @@ def vdvae_fashion() -> Config:
     )
 
 
+# Chapter 6b's ablations in small: a deep model (69 latent layers, width 16) trained briefly, evaluated
+# with its raw weights on 2000 test images (an EMA would still remember the initialisation after 150
+# updates), and its variants. benchmarks/seeds.py trains each for three seeds.
+preset("vdvae_fashion_deep", "Chapter 6b's deep VDVAE: 69 latent layers (2 at 1x1, 61 at 7x7, 5 at 14x14, 1 at 28x28), "
+       "width 16, 150 steps of 32 images, raw weights (about a CPU minute)",
+       parent="vdvae_fashion", width=16, dec_blocks="1x2,7m1,7x60,14m7,14x4,28m14", max_steps=150, batch_size=32,
+       test_limit=2000, ema_rate=0.0, log_every=1, eval_every=0, checkpoint_every=0, sample_every=0)
+preset("vdvae_fashion_deep_unscaled", "Chapter 6b, the paper's Table 3 in small: vdvae_fashion_deep without the "
+       "1/sqrt(N) scaling", parent="vdvae_fashion_deep", scale_residuals=False)
+preset("vdvae_fashion_deep_learned", "Chapter 6b, the paper's Fig. 5 in small: vdvae_fashion_deep with a learned "
+       "upsampler (transposed convolution) instead of nearest-neighbour unpooling", parent="vdvae_fashion_deep",
+       unpool="learned")
+preset("vdvae_fashion_deep_stoch20", "Chapter 6b, the paper's Table 1 in small: vdvae_fashion_deep's 69 layers in groups "
+       "of 4 that read one state: stochastic depth 20, the same layers and parameters", parent="vdvae_fashion_deep",
+       layers_per_group=4)
+preset("vdvae_fashion_deep_stoch4", "Chapter 6b, the paper's Table 1 in small: vdvae_fashion_deep's 69 layers in one "
+       "group per resolution: stochastic depth 4, the same layers and parameters", parent="vdvae_fashion_deep",
+       layers_per_group=61)
+
 preset("vdvae_tiny", "VDVAE on 16x16 procedural shapes, 30 steps: a seconds-long CPU smoke run",
        parent="vdvae_fashion", name="shapes", resolution=16, train_limit=512, test_limit=128, batch_size=32,
        max_steps=30, warmup_steps=5, log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10,
