@@ -112,7 +112,18 @@ def test_make_assignments_never_reinstalls_an_existing_venv(tmp_path):
 # ----------------------------------------------------------------------------- nbgrader, end to end
 
 STUDENTS = ("complete", "untouched", "one_wrong")
-BROKEN = "ex03_negative_elbo"  # the exercise whose function trains the chapter's VAE
+BROKEN = "ex03_train_vae"  # the exercise whose loop trains the chapter's VAE
+BROKEN_BODY = """\
+    history = []
+    for step in range(optim.max_steps):  # no schedule, no clipping: a plausible first attempt
+        optimizer.zero_grad()
+        out = model(batches(step))
+        loss = -out.log_px_z.mean() + out.kl_per_group.sum(1).mean()
+        loss.backward()
+        optimizer.step()
+        history.append({"loss": loss.item(), "bpd": 0.0, "grad_norm": 0.0, "lr": optim.lr, "beta": 1.0})
+    return history
+"""
 
 
 def nbgrader(course, *args):
@@ -125,11 +136,11 @@ def nbgrader(course, *args):
     return result.stdout + result.stderr
 
 
-def break_exercise(nb, grade_id):
-    """Replace the body of one exercise by a wrong one (the ELBO with its sign flipped)."""
+def break_exercise(nb, grade_id, wrong_body=BROKEN_BODY):
+    """Replace the body of one exercise by a wrong one (a training loop without its schedule)."""
     cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
     body = re.search(r"### BEGIN SOLUTION\n(.*?)    ### END SOLUTION", cell.source, flags=re.S)
-    cell.source = cell.source.replace(body.group(1), "    return (out.log_px_z - beta * out.kl_per_group.sum(1)).mean()\n")
+    cell.source = cell.source.replace(body.group(1), wrong_body)
     return nb
 
 
@@ -157,7 +168,8 @@ def test_nbgrader_grades_chapter_1_end_to_end(tmp_path):
     exercises, _ = notebooks.graded_exercises(chapter)
     cells = {e["grade_id"]: e["graded_by"] for e in exercises}
     total = sum(g["points"] for g in cells.values())
-    assert len(cells) >= 4 and total > 0
+    derivations = {d["grade_id"]: d["points"] for d in notebooks.derivations(chapter)}
+    assert len(cells) >= 4 and total > 0 and derivations and BROKEN in cells
 
     from nbgrader.api import Gradebook
 
@@ -165,14 +177,24 @@ def test_nbgrader_grades_chapter_1_end_to_end(tmp_path):
         scores = {s: gradebook.find_submission("01_vae", s).score for s in STUDENTS}
         wrong = {e: gradebook.find_grade(g["grade_id"], "01_vae", "01_vae", "one_wrong").score
                  for e, g in cells.items()}
-        assert gradebook.find_submission("01_vae", "complete").max_score == total
+        assert gradebook.find_submission("01_vae", "complete").max_score == total + sum(derivations.values())
+        # The derivations wait for the instructor where a student answered, and score 0 where the
+        # answer cell was left as released; nbgrader graded everything else.
+        derived = {(d, s): gradebook.find_grade(d, "01_vae", "01_vae", s) for d in derivations for s in STUDENTS}
+        assert all(g.needs_manual_grade and g.auto_score is None for (d, s), g in derived.items() if s != "untouched")
+        assert all(not g.needs_manual_grade and g.score == 0 for (d, s), g in derived.items() if s == "untouched")
+        for d, points in derivations.items():  # the instructor grades the complete answer in full
+            derived[d, "complete"].manual_score = points
+        gradebook.db.commit()
+        graded_total = gradebook.find_submission("01_vae", "complete").score
     assert scores == {"complete": total, "untouched": 0, "one_wrong": total - cells[BROKEN]["points"]}
     assert wrong == {e: (0 if e == BROKEN else g["points"]) for e, g in cells.items()}
+    assert graded_total == total + sum(derivations.values())
 
-    # The wrong loss failed its visible check, so the chapter trained with the library's and ran on.
+    # The wrong loop failed its visible check, so the chapter trained with the library's and ran on.
     graded = nbformat.read(course / "autograded/one_wrong/01_vae/01_vae.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in graded.cells if c.cell_type == "code" for o in c.outputs)
-    assert "negative_elbo: your exercise is not finished, so the chapter goes on with hvae_lib's version" in printed
+    assert "train_vae: your exercise is not finished, so the chapter goes on with hvae_lib's version" in printed
     assert "iw_bound: using your implementation from here on." in printed
     errors = [o.ename for c in graded.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == ["AssertionError"]  # only the broken exercise's hidden test
@@ -201,12 +223,15 @@ def checked_functions(grade_cell_source):
 
 def lazy_submission(release):
     """The released worksheet answered by a student who looks every answer up: right after each
-    exercise, its function is rebound to call what the exercise's check compares with."""
+    exercise, its function is rebound to call what the exercise's check compares with; each
+    derivation gets a one-line answer (left blank, nbgrader would score it 0 without a person)."""
     nb = copy.deepcopy(release)
     inserts = []
     last_exercise = None
     for i, cell in enumerate(nb.cells):
         meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "markdown" and meta.get("solution") and meta.get("grade"):
+            cell.source = "The formula is in hvae_lib."  # an answer, so the derivation waits for a person
         if cell.cell_type == "code" and meta.get("solution") and not meta.get("grade_id", "").startswith("predict"):
             last_exercise = i
         if cell.cell_type == "code" and meta.get("grade") and not meta.get("solution"):
