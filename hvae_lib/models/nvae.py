@@ -33,8 +33,7 @@ from hvae_lib.layers.cells import EncoderCell, postprocess_cells, preprocess_cel
 from hvae_lib.layers.norms import WNConv2d, batchnorm_layers, bn_regularizer, frozen_running_stats
 from hvae_lib.layers.spectral import SpectralRegularizer
 from hvae_lib.models.base import LatentVariableModel
-from hvae_lib.models.nvae_parts import OutputHead, TopDownGroup, groups_per_scale, pad_to_canvas
-from hvae_lib.probability.gaussian import sum_except_batch
+from hvae_lib.models.nvae_parts import OutputHead, TopDownGroup, groups_per_scale, pad_to_canvas, posterior_group
 from hvae_lib.probability.kl_control import kl_warmup_beta
 from hvae_lib.probability.objectives import ModelOutput
 from hvae_lib.probability.residual_normal import NVAENormal, residual_kl
@@ -85,6 +84,8 @@ class NVAE(LatentVariableModel):
         self.residual_normal = residual_normal
         # The elementwise KL(q || p) as a function of (dmu, dsigma, sigma_p); Chapter 4 swaps in the student's.
         self.kl_function = residual_kl
+        # A posterior group's step, posterior_group(group, s, e_l) when None; Chapter 3 trains with the student's.
+        self.group_function = None
         z_ch, pre, scales = num_latent_per_group, num_preprocess_blocks, num_latent_scales
 
         # Bottom-up: stem, pre-processing, then per scale and group the encoder cells.
@@ -170,29 +171,28 @@ class NVAE(LatentVariableModel):
         device = self.prior_ftr0.device
         s = self.prior_ftr0.unsqueeze(0).expand(n, -1, -1, -1).contiguous(memory_format=torch.channels_last)  # (B, C, h0, w0)
         kl, means, log_ratio = [], [], torch.zeros(n, device=device)
+        if num_posterior and self.group_function is not None and (self.num_flows or not self.residual_normal
+                                                                    or self.kl_function is not residual_kl):
+            raise ValueError("NVAE.group_function replaces posterior_group only for the residual normal without "
+                             "flows and with the library's KL; set group_function = None for this model.")
         for idx, group in enumerate(self.groups):
             for cell in group.cells:
                 s = self.checkpointed(cell, s)
-            t = 1.0 if idx < num_posterior else temperature
-            prior_params = None if group.is_top else group.prior(s)  # (B, 2Z, h, w) raw
-            if group.is_top:
-                p = NVAENormal.standard((n, *self.group_shapes[idx]), device, t)
-            else:
-                p = NVAENormal.from_params(prior_params, t)
             if idx < num_posterior:
-                feature = group.encoder_feature(features[idx], s)
-                delta = group.posterior(feature)
-                residual = self.residual_normal and not group.is_top
-                q = NVAENormal.residual(prior_params, delta) if residual else NVAENormal.from_params(delta)
-                z0 = q.rsample()  # (B, Z, h, w)
-                z, log_det = group.apply_flows(z0, feature)
-                log_q_minus_log_p = sum_except_batch(q.log_prob(z0)) - log_det - sum_except_batch(p.log_prob(z))
-                kl.append(log_q_minus_log_p if len(group.flows) else sum_except_batch(q.kl(p, self.kl_function)))
+                if self.group_function is None:
+                    s, kl_l, log_q_minus_log_p, mean = posterior_group(group, s, features[idx], self.residual_normal,
+                                                                       self.kl_function)
+                else:
+                    s, kl_l, log_q_minus_log_p, mean = self.group_function(group, s, features[idx])
+                kl.append(kl_l)
                 log_ratio = log_ratio + log_q_minus_log_p
-                means.append(q.mu)
+                means.append(mean)
             else:
-                z = p.rsample()
-            s = group.combine(s, z)
+                if group.is_top:
+                    p = NVAENormal.standard((n, *self.group_shapes[idx]), device, temperature)
+                else:
+                    p = NVAENormal.from_params(group.prior(s), temperature)  # (B, 2Z, h, w) raw
+                s = group.combine(s, p.rsample())
             if group.up is not None:
                 s = self.checkpointed(group.up, s)
         for cell in self.postprocess:
