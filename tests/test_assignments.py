@@ -154,7 +154,9 @@ def test_nbgrader_grades_chapter_1_end_to_end(tmp_path):
     released = "\n".join(c.source for c in release.cells)
     assert "HIDDEN TESTS" not in released and "assert_matches(" not in released and "SOLUTION" not in released
     assert released.count("raise NotImplementedError()") == sum(
-        bool(c.metadata.get("nbgrader", {}).get("solution")) for c in source.cells)
+        bool(c.metadata.get("nbgrader", {}).get("solution")) for c in source.cells if c.cell_type == "code")
+    answers = [c.source for c in release.cells if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("solution")]
+    assert answers and all(a.strip() == "YOUR ANSWER HERE" for a in answers)  # the derivations, without their model answers
     assert all(not c.get("outputs") for c in release.cells if c.cell_type == "code")
 
     submissions = {"complete": source, "untouched": release, "one_wrong": break_exercise(copy.deepcopy(source), BROKEN)}
