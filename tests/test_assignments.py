@@ -38,6 +38,9 @@ def test_points_table_in_the_instructors_guide_is_current():
         assert f"| `{name}` |" in table
     assert f"{assignments.RUBRICS_BEGIN}\n{assignments.rubrics(REPO)}{assignments.RUBRICS_END}" in text, (
         "docs/instructors.md's rubrics are stale: run `python tools/assignments.py points --update docs/instructors.md`")
+    for line in assignments.rubrics(REPO).splitlines():
+        if line.startswith("- **"):  # a rubric's points stated once, from its grade cell, not again from its text
+            assert "points): (" not in line, line
 
 
 def test_points_count_only_exercises_whose_grade_cell_can_fail():
