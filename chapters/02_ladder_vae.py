@@ -16,26 +16,29 @@
 # **You will learn**
 # 1. why a single Gaussian latent is too little: the *aggregate posterior* does not fill the prior;
 # 2. the factorised prior and posterior of a hierarchy, and its ELBO with one KL per group;
-# 3. bottom-up against top-down inference, and the precision-weighted merge (*exercise 1*);
-# 4. the hierarchical KL (*exercise 2*);
-# 5. the top-down path that generates samples (*exercise 3*), and how the untrained hierarchy
-#    starts: zero-initialised priors and residual branches scaled by $1/\sqrt{N}$;
-# 6. whether the hierarchy fills the single latent's holes;
-# 7. posterior collapse made visible — KL per group and active units, with and without KL warm-up
-#    and free bits (*exercise 4*);
-# 8. what each depth of the hierarchy decides: samples with the top groups fixed.
+# 3. bottom-up against top-down inference, and the precision-weighted merge (*derivation 1*, then
+#    *exercise 1* computes it);
+# 4. the top-down path that generates samples (*exercise 2*), the same path inferring the posterior
+#    and the KL of every group (*exercise 3*), and how the untrained hierarchy starts:
+#    zero-initialised priors, residual branches scaled by $1/\sqrt{N}$, zero biases;
+# 5. whether the hierarchy fills the single latent's holes;
+# 6. posterior collapse made visible — KL per group and active units (*exercise 4*), with and
+#    without KL warm-up and free bits;
+# 7. what each depth of the hierarchy decides: samples with the top groups fixed.
 #
-# Your merge (exercise 1) and free-bits term (exercise 4) train the collapse experiment's models,
-# and your top-down pass (exercise 3) draws the chapter's final samples, once their checks pass.
+# Your merge (exercise 1) trains the collapse experiment's models and your counter (exercise 4)
+# counts their active units; your inference pass (exercise 3) computes the trained model's ELBO and
+# your top-down pass (exercise 2) draws the chapter's final samples, once their checks pass.
 # Two "predict, then run" questions ask you to guess a number before the cell that measures it.
 #
 # **What to expect.** Full mode trains one Ladder VAE for 2000 steps and three short variants for
 # 400 steps each: about 9.5 minutes on an idle 2-core CPU (a run of the whole notebook took 559 s
 # on one), plus about 4 more if Chapter 1's model is not in `runs/ch01_vae/`. The Ladder VAE, at a
 # parameter count and step time close to Chapter 1's VAE and trained with the same settings,
-# reaches a lower test bits/dim than the VAE: about **3.69 against 3.71** (3.685 against 3.712 on
-# two threads, 3.688 against 3.713 on one). The cell that trains it asserts this and prints both.
-# It is one seed: over three seeds the two are level within noise (section 5 says more).
+# reaches a test bits/dim level with the VAE's (3.688 against 3.713 in a run with the residual
+# blocks' earlier, non-zero biases; section 4 says why they are zero now). The cell that trains it
+# prints both and asserts that they are within 0.2 bits/dim of each other. It is one seed: over
+# three seeds the two are level within noise (section 5 says more).
 # `HVAE_SMOKE=1` runs everything in well under a minute on a few hundred images.
 
 # %%
@@ -57,6 +60,7 @@ from hvae_lib.models.lvae import LadderVAE, ResBlock, precision_weighted_merge
 from hvae_lib.models.presets import get_preset
 from hvae_lib.probability.gaussian import DiagonalGaussian, sum_except_batch
 from hvae_lib.probability.kl_control import free_bits
+from hvae_lib.probability.objectives import nats_to_bpd
 from hvae_lib.training.checkpoint import load_model
 from hvae_lib.training.engine import Trainer
 
@@ -142,13 +146,22 @@ def nearest(codes, reference):
     return torch.cdist(codes, reference).min(dim=1).values.mean().item()
 
 
+def hole_distances(z_post, kl_per_unit, k):
+    """(held-out posterior codes, prior draws): mean distance to the nearest of the other half's
+    posterior codes, in the k units carrying the most KL. Distances grow with the number of units,
+    so two models are compared at the same k."""
+    units = kl_per_unit.argsort(descending=True)[:k]
+    half = len(z_post) // 2
+    reference, held_out = z_post[:half, units], z_post[half:, units]
+    prior = torch.randn(len(held_out), len(kl_per_unit), generator=torch.Generator().manual_seed(0))[:, units]
+    return nearest(held_out, reference), nearest(prior, reference)
+
+
 used = used_units(kl_per_dim)
-reference, held_out = z_post[: len(z_post) // 2, used], z_post[len(z_post) // 2:, used]
-d_posterior, d_prior = nearest(held_out, reference), nearest(z_prior[: len(held_out), used], reference)
+d_posterior, d_prior = hole_distances(z_post, kl_per_dim, len(used))
 print(f"{len(used)} used dimensions; mean distance to the nearest real code: "
       f"posterior draws {d_posterior:.2f}, prior draws {d_prior:.2f}")
-vae_holes = d_prior / d_posterior  # 1 if the aggregate posterior filled the prior
-print(f"ratio prior / posterior: {vae_holes:.2f}")
+print(f"ratio prior / posterior: {d_prior / d_posterior:.2f}")  # 1 if the aggregate posterior filled the prior
 if not SMOKE:
     assert d_prior > 1.1 * d_posterior  # prior draws land away from the data's codes
 
@@ -193,8 +206,19 @@ if not SMOKE:
 # convolutional versions (and NVAE) replace the product by a learned function of both; the library
 # offers both (`merge="precision"` or `"learned"`).
 #
+# **Derivation 1.** Show that the normalised product of two Gaussian densities of one variable,
+# $\mathcal{N}(z; \hat\mu, \hat\sigma^2)\,\mathcal{N}(z; \mu_p, \sigma_p^2) / Z$, is the Gaussian
+# with the variance and mean above, and give the normaliser $Z$ (it is itself a Gaussian density,
+# in $\hat\mu$). Why is it enough to do this for one dimension? Answer in the cell below.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "derive01_precision_merge", "locked": false, "points": 3, "schema_version": 3, "solution": true, "task": false}
+# YOUR ANSWER HERE
+
+# %% [markdown]
 # **Exercise 1.** Implement the merge on log-sigmas. Return `(mu_q, log_sigma_q)`. A stable route:
-# the precisions are `exp(-2 * log_sigma)`; `torch.logaddexp` adds them in log space.
+# the precisions are `exp(-2 * log_sigma)`; `torch.logaddexp` adds them in log space. When one
+# source is far more certain than the other (a ratio of $e^{12}$ in $\sigma$), the merge must return
+# the certain one, not `nan` or `inf`.
 
 # %% nbgrader={"grade": false, "grade_id": "ex01_precision_merge", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def merge_gaussians(mu_l, log_sigma_l, mu_p, log_sigma_p):
@@ -204,64 +228,39 @@ def merge_gaussians(mu_l, log_sigma_l, mu_p, log_sigma_p):
 
 
 # %%
-def gaussian_cases(n_args=4, seed=3):
+def merge_cases(seed=3):
     g = torch.Generator().manual_seed(seed)
-    return [tuple(torch.randn(s, generator=g) for _ in range(n_args)) for s in [(6,), (2, 4, 3, 3), (5, 8)]]
+    draw = lambda shape: tuple(torch.randn(shape, generator=g) for _ in range(4))  # noqa: E731
+    mu = torch.randn(2, generator=g)
+    certain = (mu, torch.tensor([-6.0, 6.0]), -mu, torch.tensor([6.0, -6.0]))  # sigma ratios e^12 and e^-12
+    return {"a vector": draw((6,)), "images (B, C, H, W)": draw((2, 4, 3, 3)), "a matrix": draw((5, 8)),
+            "one source far more certain": certain}
 
 
-def merge_reference(mu_l, ls_l, mu_p, ls_p):
-    q = precision_weighted_merge(DiagonalGaussian(mu_l, ls_l), DiagonalGaussian(mu_p, ls_p))
-    return torch.stack([q.mu, q.log_sigma])
-
-
-def stacked(fn):
-    return lambda *a: torch.stack(fn(*a))
+def merge_reference(mu_l, log_sigma_l, mu_p, log_sigma_p):
+    q = precision_weighted_merge(DiagonalGaussian(mu_l, log_sigma_l), DiagonalGaussian(mu_p, log_sigma_p))
+    return q.mu, q.log_sigma
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex01_precision_merge_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-ok_merge = check("merge_gaussians", stacked(merge_gaussians), merge_reference, gaussian_cases())
+ok_merge = check("merge_gaussians", merge_gaussians, merge_reference, merge_cases(),
+                 forbid=("hvae_lib.models.lvae:precision_weighted_merge",))
 
 # %% [markdown]
 # The merge really is the product of the two densities: $\log \hat p(z) + \log p(z) - \log q(z)$ is
-# the same number (the log normaliser) at every $z$.
+# the same number (the log normaliser) at every $z$, and that number is $\log Z =
+# \log \mathcal{N}(\hat\mu; \mu_p, \hat\sigma^2 + \sigma_p^2)$ of Derivation 1.
 
 # %%
 bottom_up, top_down = DiagonalGaussian(torch.tensor([1.0]), torch.tensor([-0.5])), DiagonalGaussian(torch.tensor([-0.5]), torch.tensor([0.3]))
 merged = precision_weighted_merge(bottom_up, top_down)
 zs = torch.linspace(-3, 3, 7)
 log_normaliser = bottom_up.log_prob(zs) + top_down.log_prob(zs) - merged.log_prob(zs)
+log_z = DiagonalGaussian(top_down.mu, 0.5 * torch.log(bottom_up.sigma**2 + top_down.sigma**2)).log_prob(bottom_up.mu)
 print(f"merged: mu = {merged.mu.item():.3f}, sigma = {merged.sigma.item():.3f}; "
-      f"log-normaliser over z: {log_normaliser.min():.4f} .. {log_normaliser.max():.4f}")
-assert log_normaliser.max() - log_normaliser.min() < 1e-4
+      f"log-normaliser over z: {log_normaliser.min():.4f} .. {log_normaliser.max():.4f}; log Z = {log_z.item():.4f}")
+assert log_normaliser.max() - log_normaliser.min() < 1e-4 and abs(log_normaliser.mean() - log_z) < 1e-4
 assert merged.sigma < min(bottom_up.sigma, top_down.sigma)  # the product is sharper than both
-
-# %% [markdown]
-# **Exercise 2.** The hierarchical KL. Given the posterior and prior of every group as lists of
-# `DiagonalGaussian` (each with tensors of shape `(B, C, H, W)`, the shapes differing between
-# groups), return the KL of each group per image: a `(B, L)` tensor. Use the analytic
-# `q.kl(p)` elementwise, then sum over everything but the batch.
-
-# %% nbgrader={"grade": false, "grade_id": "ex02_hierarchical_kl", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def hierarchical_kl(posteriors, priors):
-    """KL of each latent group per image, (B, L), from lists of L posterior and L prior Gaussians."""
-    # YOUR CODE HERE
-    raise NotImplementedError()
-
-
-# %%
-def kl_cases(seed=4, shapes=((3, 2, 2, 2), (3, 2, 4, 4), (3, 2, 8, 8))):
-    g = torch.Generator().manual_seed(seed)
-    gauss = lambda shape: DiagonalGaussian(torch.randn(shape, generator=g), 0.5 * torch.randn(shape, generator=g))  # noqa: E731
-    return [([gauss(s) for s in shapes], [gauss(s) for s in shapes]) for _ in range(2)]
-
-
-def hierarchical_kl_reference(posteriors, priors):
-    return torch.stack([q.kl(p).flatten(1).sum(1) for q, p in zip(posteriors, priors)], 1)  # (B, L)
-
-
-# %% nbgrader={"grade": true, "grade_id": "ex02_hierarchical_kl_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-ok_hierarchical_kl = check("hierarchical_kl", hierarchical_kl, hierarchical_kl_reference, kl_cases())
-
 
 # %% [markdown]
 # ## 4. The top-down path, and how the Ladder VAE starts
@@ -273,7 +272,7 @@ ok_hierarchical_kl = check("hierarchical_kl", hierarchical_kl, hierarchical_kl_r
 # decoder's tail to the likelihood $p(x \mid z)$. Training runs the same path with each $z_l$ drawn
 # from the posterior instead (the merge of Section 3) — one network for both.
 #
-# **Exercise 3.** Write the top-down sampling pass of the library's `LadderVAE`. Its parts, for
+# **Exercise 2.** Write the top-down sampling pass of the library's `LadderVAE`. Its parts, for
 # group `l` (0 is the top):
 #
 # - `model.num_groups` ($L$) and `model.group_shapes[l]`, the shape `(C_z, h, w)` of $z_l$;
@@ -289,7 +288,7 @@ ok_hierarchical_kl = check("hierarchical_kl", hierarchical_kl, hierarchical_kl_r
 # Draw each group with `p.rsample(temperature)`, from the top down, so that your samples and the
 # library's use the same random numbers. The chapter draws its final samples with your function.
 
-# %% nbgrader={"grade": false, "grade_id": "ex03_sample_top_down", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex02_sample_top_down", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def sample_top_down(model, n, temperature=1.0):
     """Decoder features (n, C, H, W) of n samples from a LadderVAE's prior: z_l ~ p(z_l | z_<l), top first."""
     # YOUR CODE HERE
@@ -298,34 +297,92 @@ def sample_top_down(model, n, temperature=1.0):
 
 # %%
 def library_sampler(model, n, temperature=1.0):
-    return model.top_down(n, temperature=temperature)[0]
+    """The library's sampler, from the current random state without moving it on (so that your
+    function then draws the same numbers)."""
+    with torch.random.fork_rng(), torch.no_grad():
+        return model.top_down(n, temperature=temperature)[0]
 
 
-def seeded(fn):
-    """fn run from the same random state every time, so that two samplers can be compared."""
-    def run(model, n, temperature):
-        torch.manual_seed(0)
-        with torch.no_grad():
-            return fn(model, n, temperature)
-    return run
-
-
-def sampler_cases(groups=(1, 2), seed=6):
+def small_lvae(seed, groups=(1, 2), merge="precision", blocks=1):
+    """A LadderVAE on 16x16 images with informative priors (a fresh model's are all N(0, I))."""
     torch.manual_seed(seed)
-    model = LadderVAE((1, 16, 16), 8, groups_per_scale=groups, z_channels=2, channels=8, initial_downsamples=1)
-    with torch.no_grad():  # informative priors: a fresh model's are all N(0, I)
-        for prior in model.priors:
-            torch.nn.init.normal_(prior.weight, std=0.2)
-            torch.nn.init.normal_(prior.bias, std=0.2)
-    return [(model, 3, 1.0), (model, 2, 0.6)]
+    model = LadderVAE((1, 16, 16), 8, groups_per_scale=groups, z_channels=2, channels=8, initial_downsamples=1,
+                      merge=merge, blocks_per_group=blocks)
+    with torch.no_grad():
+        for head in [*model.priors, *model.bu_heads, *model.merges]:
+            torch.nn.init.normal_(head.weight, std=0.2)
+            torch.nn.init.normal_(head.bias, std=0.2)
+    return model
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex03_sample_top_down_test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-ok_sampler = check("sample_top_down", seeded(sample_top_down), seeded(library_sampler), sampler_cases())
+def sampler_cases(seed=6, groups=(1, 2)):
+    model = small_lvae(seed, groups)
+    return {"temperature 1": (model, 3, 1.0), "a lower temperature": (model, 2, 0.6),
+            "one image": (model, 1, 1.0), "one group": (small_lvae(seed + 1, (1,)), 2, 1.0)}
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex02_sample_top_down_test", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+ok_sampler = check("sample_top_down", sample_top_down, library_sampler, sampler_cases(),
+                   forbid=("hvae_lib.models.lvae:LadderVAE.top_down", "hvae_lib.models.lvae:LadderVAE.sample"))
+
 
 # %% [markdown]
-# How does this path start, before any training? Two choices in `hvae_lib.models.lvae` keep the
-# untrained network tame, both taken from the Very Deep VAE:
+# **Exercise 3.** The inference pass: the same path, with every group drawn from its *posterior*,
+# and the KL of each group — the hierarchical ELBO's rate of Section 2. It receives the bottom-up
+# features `features = model.bottom_up(x)` (a list of $d_l$, top group first, each `(B, C, h, w)`).
+# For group `l`:
+#
+# - the prior $p$ as in Exercise 2 (the top group's is $\mathcal{N}(0, I)$ of shape
+#   `(B, *model.group_shapes[0])`);
+# - the posterior $q$: for the top group, the bottom-up estimate `model.estimate(0, features[0])`;
+#   below it, with `model.merge == "precision"`, the merge of the bottom-up estimate
+#   `model.estimate(l, features[l])` with the prior, computed by the model's `model.merge_fn(estimate, prior)`
+#   (Exercise 1 in the library); with `"learned"`,
+#   `DiagonalGaussian.from_params(model.merges[l - 1](torch.cat([s, features[l]], dim=1)))`;
+# - draw $z_l$ with `q.rsample()`, and the group's KL per image, $\mathrm{KL}(q \,\|\, p)$ elementwise
+#   (`q.kl(p)`) summed over everything but the batch (`sum_except_batch`);
+# - the state as in Exercise 2.
+#
+# Return the decoder features `model.tail(s)` and the KL per group, a `(B, L)` tensor. Draw nothing
+# but the $z_l$, top first, so that your pass and the library's use the same random numbers. The
+# chapter then computes the trained Ladder VAE's ELBO with your pass.
+
+# %% nbgrader={"grade": false, "grade_id": "ex03_infer_top_down", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def infer_top_down(model, features):
+    """(decoder features (B, C, H, W), KL per group (B, L)) of a LadderVAE's top-down pass with every
+    z_l ~ q(z_l | z_<l, x), given the bottom-up features (top group first)."""
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+# %%
+def library_inference(model, features):
+    """The library's inference pass (what the model's forward runs), from the current random state
+    without moving it on."""
+    with torch.random.fork_rng():
+        s, kl, _, _ = model.top_down(features[0].shape[0], features, num_posterior=model.num_groups)
+    return s, torch.stack(kl, dim=1)
+
+
+def inference_cases(seed=7):
+    images = torch.randint(0, 256, (4, 1, 16, 16), generator=torch.Generator().manual_seed(seed)) / 255
+    cases = {}
+    for kind, model in {"the precision merge over two scales": small_lvae(seed),
+                        "the learned merge": small_lvae(seed + 1, (2, 1), "learned"),
+                        "one group (Chapter 1's VAE)": small_lvae(seed + 2, (1,)),
+                        "two blocks per group": small_lvae(seed + 3, (1, 1), "learned", blocks=2)}.items():
+        with torch.no_grad():
+            cases[kind] = (model, model.bottom_up(images))
+    return cases
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex03_infer_top_down_test", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
+ok_inference = check("infer_top_down", infer_top_down, library_inference, inference_cases(),
+                     forbid=("hvae_lib.models.lvae:LadderVAE.top_down", "hvae_lib.models.lvae:LadderVAE.forward"))
+
+# %% [markdown]
+# How does this path start, before any training? Three choices in `hvae_lib.models.lvae` keep the
+# untrained network tame, all taken from the Very Deep VAE (openai/vdvae):
 #
 # - **Zero-initialised priors.** Every prior head starts with zero weights and bias, so every
 #   $p(z_l \mid z_{<l})$ starts as $\mathcal{N}(0, I)$ whatever the state, and the posterior heads
@@ -335,9 +392,15 @@ ok_sampler = check("sample_top_down", seeded(sample_top_down), seeded(library_sa
 #   blocks add $N$ contributions: even when each is small, the variance of the stream grows with
 #   the number of blocks, and a deep stack starts with exploding activations. Multiplying the last
 #   convolution of every branch by $1/\sqrt{N}$ at initialisation makes $N$ contributions of variance
-#   $\propto 1/N$, whose sum stays about the same however deep the stack. Our Ladder VAE counts
+#   $\propto 1/N$, whose sum levels off instead of growing with the depth. Our Ladder VAE counts
 #   the blocks of both passes, $N = 2 \times L \times$ `blocks_per_group` $= 12$; VDVAE scales each
 #   pass by its own count (and its $z$ projections too), a factor $\sqrt 2$ larger for the same depth.
+# - **Zero biases** in the residual blocks, as in every convolution of VDVAE. The scaling reaches
+#   the weights only: with PyTorch's default biases (random, of order $1/\sqrt{\text{fan-in}}$), each
+#   block also adds a constant offset per channel that $1/\sqrt{N}$ does not shrink, $N$ blocks add
+#   $N$ independent offsets, and the added variance grows with $N$ again. (An earlier version of this
+#   model kept the default biases; with the scaling, the variance its blocks added still grew from
+#   0.008 to 0.054 to 0.108 over 6, 24 and 96 blocks.)
 #
 # First the priors of a fresh model, and the KL it starts with:
 
@@ -353,6 +416,7 @@ with torch.no_grad():
     kl_at_start = fresh(x_test[:256]).kl_per_group.mean(0)  # (L,)
 print("KL per group of the untrained model (nats):", [round(v, 3) for v in kl_at_start.tolist()])
 assert kl_at_start.sum() < 5  # near zero: the trained model's groups carry tens of nats
+assert all(not b.conv1.bias.any() and not b.conv2.bias.any() for blocks in fresh.td_blocks for b in blocks)
 
 # %% [markdown]
 # Then the scaling, on stacks of the model's own residual blocks (20 channels at 8×8): how much
@@ -379,11 +443,18 @@ for n_blocks in (6, 24, 96):
         with torch.no_grad():
             added[n_blocks, scaled] = (stack(x_stream).var() - x_stream.var()).item()
     print(f"{n_blocks:3d} blocks: variance added {added[n_blocks, False]:.3f} unscaled, "
-          f"{added[n_blocks, True]:.3f} with 1/sqrt(N)")
+          f"{added[n_blocks, True]:.4f} with 1/sqrt(N)")
 reveal_prediction("growth of the added variance, 6 -> 96 unscaled blocks", predicted_growth,
                   round(added[96, False] / added[6, False], 1), "x")
 assert added[96, False] > 16 * added[6, False]  # unscaled: faster than the number of blocks
-assert added[96, True] < 0.2 * added[96, False]  # scaled: a fraction of it at the same depth
+assert abs(added[96, True] / added[24, True] - 1) < 0.2  # scaled: level from 24 to 96 blocks ...
+assert added[96, True] < 0.02 * added[96, False]  # ... and a small fraction of the unscaled stack's
+assert [round(added[n, True], 3) for n in (6, 24, 96)] == [0.004, 0.010, 0.010]  # the figures stated below
+assert round(added[96, False] / added[6, False]) == 40
+
+# %% [markdown]
+# With the scaling the added variance levels off: 0.004 at 6 blocks, 0.010 at 24 and still 0.010 at
+# 96. Without it the variance grows 40-fold from 6 to 96 blocks and keeps compounding.
 
 # %% [markdown]
 # ## 5. Training the Ladder VAE
@@ -393,10 +464,10 @@ assert added[96, True] < 0.2 * added[96, False]  # scaled: a fraction of it at t
 # *learned* merge, and no normalisation layers. It is sized to match Chapter 1's VAE in parameters,
 # and it is trained with exactly the same optimiser, batch size and number of steps.
 #
-# Why not the paper's precision-weighted merge? We tried it (`lvae_fashion`): at this size and
-# budget it reached 3.81 bits/dim, *worse* than the VAE's 3.71, because half of its groups
-# collapsed (KL per group 1.6, 10.2, 15.2, 0, 0, 0 nats). The learned merge used all six groups and
-# reached 3.68. Section 6 shows the collapse of the precision merge and what warm-up does to it.
+# Why not the paper's precision-weighted merge? At this size it lets groups collapse: Section 6
+# trains it (preset `lvae_fashion`) and watches half of its groups switch off, where the learned
+# merge keeps every group in use (the KL per group below). A learned function of the state and
+# the bottom-up features can also say *how* the two combine, not only how much each is trusted.
 
 # %%
 lvae_trainer, lvae_result = train("lvae_fashion_learned", "ch02_lvae")
@@ -407,12 +478,30 @@ print(f"VAE : {n_vae:,} parameters, test {vae_bpd:.3f} bits/dim")
 print(f"LVAE: {n_lvae:,} parameters, test {lvae_bpd:.3f} bits/dim ({lvae.num_groups} latent groups)")
 assert abs(n_lvae - n_vae) / n_vae < 0.2  # a similar parameter budget
 if not SMOKE:
-    assert lvae_bpd < vae_bpd  # the hierarchy is better at the same budget (3.68 against 3.71 in our run)
+    assert abs(lvae_bpd - vae_bpd) < 0.2  # level with the VAE at the same budget (see the three seeds below)
+
+# %% [markdown]
+# The model's ELBO is what its forward pass computes: your inference pass (Exercise 3), once its
+# check passed, gives the same number on test images from the same random draws.
+
+# %%
+inference = use_if_correct("infer_top_down", infer_top_down, library_inference, ok_inference)
+x_elbo = x_test[:256]
+with torch.no_grad():
+    torch.manual_seed(0)
+    features, kl_yours = inference(lvae, lvae.bottom_up(x_elbo))
+    elbo_yours = lvae.likelihood(features).log_prob(x_elbo) - kl_yours.sum(1)  # (B,) nats
+    torch.manual_seed(0)
+    out = lvae(x_elbo)
+    elbo_model = out.log_px_z - out.kl_per_group.sum(1)
+print(f"negative ELBO of {len(x_elbo)} test images: {nats_to_bpd(-elbo_yours.mean(), lvae.num_dims):.4f} bits/dim "
+      f"with your pass, {nats_to_bpd(-elbo_model.mean(), lvae.num_dims):.4f} with the model's")
+assert torch.allclose(elbo_yours, elbo_model, rtol=1e-4, atol=1e-2)
 
 # %% [markdown]
 # One run is one draw. `benchmarks/seeds.py` trains both models for seeds 0, 1 and 2 (the same
 # batches for both at each seed; the table is in `benchmarks/RESULTS.md`, and Chapter 4 reads it).
-# The Ladder VAE minus the VAE came out at -0.025, +0.148 and -0.180 bits/dim: it wins on two seeds
+# With the residual blocks' earlier, non-zero biases, the Ladder VAE minus the VAE came out at -0.025, +0.148 and -0.180 bits/dim: it wins on two seeds
 # and loses on one, and the mean difference (-0.02) is far inside its spread (0.16). At this size
 # and budget the hierarchy is *level* with the single-latent VAE; what it buys here is the
 # structure this chapter measures next (a rate spread over groups, samples drawn top-down), not a
@@ -434,6 +523,8 @@ with torch.no_grad():
 print("KL per group (nats):", [round(v, 2) for v in lvae_kl.tolist()])
 # The per-group KLs add up to the total rate, and, averaged over samples, to E_q[log q - log p].
 assert torch.allclose(out.kl_per_group.sum(1).mean(), out.log_q_minus_log_p.mean(), rtol=0.05, atol=0.5)
+if not SMOKE:
+    assert (lvae_kl > 1).all()  # the learned merge keeps every group in use
 
 # %% [markdown]
 # Does the hierarchy fill the holes of Section 1? Its top group has the same fixed prior
@@ -441,24 +532,27 @@ assert torch.allclose(out.kl_per_group.sum(1).mean(), out.log_q_minus_log_p.mean
 # far are prior draws from the nearest real code, against fresh posterior codes? The top group
 # carries only a few nats — the rest of the information sits in lower groups, whose priors
 # $p(z_l \mid z_{<l})$ are learned and follow the groups above — so its codes no longer need to
-# cluster far apart, and its aggregate posterior can fill its prior.
+# cluster far apart, and its aggregate posterior can fill its prior. Distances between points grow
+# with the number of coordinates, so both models are measured in the same number of units: those
+# the top group uses, against as many of the VAE's (its most informative ones).
 
 # %%
 with torch.no_grad():
     q_top = lvae.estimate(0, lvae.bottom_up(x_test)[0])  # q(z_1 | x), (N, 4, 2, 2) each
 kl_top = q_top.kl(DiagonalGaussian.standard(q_top.mu.shape)).flatten(1).mean(0)  # (16,) per unit
-used_top = used_units(kl_top)
 z_post_top = q_top.rsample().flatten(1)  # (N, 16) posterior codes of the top group
-reference, held_out = z_post_top[: len(x_test) // 2, used_top], z_post_top[len(x_test) // 2:, used_top]
-d_posterior_top = nearest(held_out, reference)
-d_prior_top = nearest(torch.randn_like(z_post_top)[: len(held_out), used_top], reference)
-lvae_holes = d_prior_top / d_posterior_top
-print(f"Ladder VAE top group: {kl_top.sum():.1f} nats in {len(used_top)} used units (the VAE: "
-      f"{kl_per_dim.sum():.1f} nats in {len(used)}); distance to the nearest real code: posterior draws "
-      f"{d_posterior_top:.2f}, prior draws {d_prior_top:.2f}, ratio {lvae_holes:.2f} against the VAE's {vae_holes:.2f}")
+k_units = min(len(used_units(kl_top)), len(used))
+d_posterior_top, d_prior_top = hole_distances(z_post_top, kl_top, k_units)
+d_posterior_vae, d_prior_vae = hole_distances(z_post, kl_per_dim, k_units)
+lvae_holes, vae_holes = d_prior_top / d_posterior_top, d_prior_vae / d_posterior_vae
+print(f"Ladder VAE top group: {kl_top.sum():.1f} nats, {len(used_units(kl_top))} used units (the VAE: "
+      f"{kl_per_dim.sum():.1f} nats in {len(used)})")
+print(f"in {k_units} units, distance to the nearest real code, posterior / prior draws: Ladder VAE "
+      f"{d_posterior_top:.2f} / {d_prior_top:.2f}, ratio {lvae_holes:.2f}; VAE {d_posterior_vae:.2f} / "
+      f"{d_prior_vae:.2f}, ratio {vae_holes:.2f}")
 if not SMOKE:
     assert kl_top.sum() < 0.5 * kl_per_dim.sum()  # the top group carries a fraction of the VAE's rate
-    assert lvae_holes < 0.7 * vae_holes  # and its prior draws land much closer to real codes
+    assert lvae_holes < 0.8 * vae_holes  # and its prior draws land closer to real codes, at equal dimension
 
 # %% [markdown]
 # ## 6. Posterior collapse, and two remedies
@@ -470,50 +564,66 @@ if not SMOKE:
 # - **KL warm-up**: multiply the KL by $\beta$ rising from $\approx 0$ to 1 over the first steps, so the
 #   model first learns to use $z$ (the LVAE paper calls it a temperature);
 # - **free bits** (Kingma et al. 2016): do not penalise a group's KL below $\lambda$ nats —
-#   $\sum_l \max(\lambda, \mathbb{E}_B[\mathrm{KL}_l])$ — so no group gains by going below it.
+#   $\sum_l \max(\lambda, \mathbb{E}_B[\mathrm{KL}_l])$, the batch mean taken *before* the max
+#   (`hvae_lib.probability.kl_control.free_bits`) — so no group gains by going below it.
 #
 # Both change the training objective only; the model is still evaluated with the true ELBO.
 #
-# **Exercise 4.** Implement the free-bits KL term: average each group's KL over the batch, then
-# clamp it from below at `threshold`, and sum over groups (a scalar).
+# How to see collapse? Burda et al. (2016) call a latent unit $u$ *active* when its posterior mean
+# varies over the data, $\mathrm{Cov}_x\big(\mathbb{E}_{q(u \mid x)}[u]\big) > 10^{-2}$; they counted
+# active units per stochastic layer, in their two-layer models too, and Sønderby et al. (2016)
+# counted them layer by layer in five-layer VAEs and Ladder VAEs.
+#
+# **Exercise 4.** Count the active units of each latent group. A forward pass `model(x)` returns,
+# in `out.extras["posterior_means"]`, the posterior mean of every group, top first, each
+# `(N, C_z, h, w)`: every channel × position is one unit, and in a lower group the mean is taken
+# given one posterior sample of the groups above. For each group, the variance of each unit's mean
+# over the $N$ images (the population variance: divide by $N$, `unbiased=False`), and the number of
+# units whose variance exceeds `threshold`. Call the model once, on all of `x`, and return a `(L,)`
+# tensor of counts. The collapse experiment below counts with your function.
 
-# %% nbgrader={"grade": false, "grade_id": "ex04_free_bits", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def free_bits_kl(kl_per_group, threshold):
-    """sum_l max(threshold, mean over the batch of KL_l) for kl_per_group of shape (B, L): a scalar."""
+# %% nbgrader={"grade": false, "grade_id": "ex04_active_units", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def count_active_units(model, x, threshold=0.01):
+    """Active units per latent group, (L,): units whose posterior mean has a variance over the images x above threshold."""
     # YOUR CODE HERE
     raise NotImplementedError()
 
 
 # %%
-def free_bits_cases(seed=5, thresholds=(0.0, 0.5, 1.5, 10.0)):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.rand(8, 6, generator=g) * 3, t) for t in thresholds]
+def library_active_units(model, x, threshold=0.01):
+    """hvae_lib's count, from the current random state without moving it on."""
+    with torch.random.fork_rng():
+        return diagnostics.active_units(model, x, threshold)[0]
 
 
-def free_bits_reference(kl_per_group, threshold):
-    return free_bits(kl_per_group, threshold).sum().reshape(1)
+def active_unit_cases(seed=8):
+    images = torch.rand(64, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
+    blank_top = small_lvae(seed + 2)
+    prior_below = small_lvae(seed + 3, (1, 2))
+    with torch.no_grad():
+        blank_top.bu_heads[0].weight.zero_()  # q(z_1 | x) the same for every image
+        for head in prior_below.bu_heads[1:]:
+            head.bias[2:] = 8.0  # bottom-up sigma e^8: the merge returns the prior
+    return {"the precision merge": (small_lvae(seed), images),
+            "the learned merge": (small_lvae(seed + 1, (2, 1), "learned"), images),
+            "a top group that says nothing about x": (blank_top, images),
+            "lower groups equal to their priors": (prior_below, images, 0.02)}
 
 
-def free_bits_vector(kl_per_group, threshold):
-    return free_bits_kl(kl_per_group, threshold).reshape(1)
-
-
-# %% nbgrader={"grade": true, "grade_id": "ex04_free_bits_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-ok_free_bits = check("free_bits_kl", free_bits_vector, free_bits_reference, free_bits_cases())
+# %% nbgrader={"grade": true, "grade_id": "ex04_active_units_test", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+ok_active_units = check("count_active_units", count_active_units, library_active_units, active_unit_cases(),
+                        forbid=("hvae_lib.analysis.diagnostics:active_units",))
 
 
 # %% [markdown]
 # An experiment: the Ladder VAE with the paper's precision-weighted merge (preset `lvae_fashion`)
 # trained briefly (400 steps) three ways — plain, with KL warm-up over the 400 steps, and with
-# warm-up plus free bits of 0.5 nats per group. All three run with *your* merge (Exercise 1) and
-# the third with *your* free-bits term (Exercise 4), once their checks pass. Watch the KL per group
-# and the number of *active units*: Burda et al. (2016) call a latent unit $u$ active when its
-# posterior mean varies over the data, $\mathrm{Cov}_x\big(\mathbb{E}_{q(u \mid x)}[u]\big) > 10^{-2}$;
-# they counted them per stochastic layer, in their two-layer models too, and Sønderby et al. (2016)
-# counted them layer by layer in five-layer VAEs and Ladder VAEs.
+# warm-up plus free bits of 0.5 nats per group. All three run with *your* merge (Exercise 1), once
+# its check passed, and their active units are counted with *your* function (Exercise 4). Watch the
+# KL per group and the active units.
 #
-# **Predict, then run.** The plain run leaves some groups collapsed ($q = p$, KL zero) — in ours,
-# the three lowest of six. Of its 672 latent units, how many will count as active?
+# **Predict, then run.** The plain run leaves some groups collapsed ($q = p$, KL zero; the cell
+# below counts them). Of its 672 latent units, how many will count as active?
 
 # %% nbgrader={"grade": false, "grade_id": "predict02_active_units", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def predicted_active_units():
@@ -524,9 +634,8 @@ def predicted_active_units():
 
 # %%
 short = {"max_steps": 400, "eval_every": 0, "sample_every": 0, "checkpoint_every": 0, "quiet": True}
-student_merge = use_if_correct("merge_gaussians", merge_gaussians,
-                               lambda mu_l, ls_l, mu_p, ls_p: tuple(merge_reference(mu_l, ls_l, mu_p, ls_p)), ok_merge)
-student_free_bits = use_if_correct("free_bits_kl", free_bits_kl, lambda kl, t: free_bits(kl, t).sum(), ok_free_bits)
+student_merge = use_if_correct("merge_gaussians", merge_gaussians, merge_reference, ok_merge)
+count_fn = use_if_correct("count_active_units", count_active_units, library_active_units, ok_active_units)
 
 
 def merge_fn(bottom_up, top_down):
@@ -536,7 +645,7 @@ def merge_fn(bottom_up, top_down):
 
 def loss_with_free_bits(out, beta):
     """-log p(x|z) + beta * (free-bits KL at 0.5 nats per group), averaged over the batch."""
-    return -out.log_px_z.mean() + beta * student_free_bits(out.kl_per_group, 0.5)
+    return -out.log_px_z.mean() + beta * free_bits(out.kl_per_group, 0.5).sum()
 
 
 variants = {
@@ -549,7 +658,8 @@ for name, (changes, loss_fn) in variants.items():
     trainer, _ = train("lvae_fashion", f"ch02_collapse_{name.split()[0]}", {**short, **changes},
                        loss_fn=loss_fn, merge_fn=merge_fn)
     model = trainer.eval_model.eval()
-    counts, total = diagnostics.active_units(model, x_test[:1000])
+    counts = count_fn(model, x_test[:1000])  # (L,) active units per group
+    total = int(counts.sum())
     collapse[name] = (diagnostics.kl_per_group(model, x_test[:1000]), counts)
     print(f"{name:20s}: KL per group {[round(v, 1) for v in collapse[name][0].tolist()]}, "
           f"active units {counts.tolist()} (total {total})")
@@ -575,8 +685,9 @@ if not SMOKE:
     assert dead.any() and plain_counts[dead].sum() >= 0.9 * units[dead].sum()  # collapsed, yet "active"
 
 # %% [markdown]
-# What we saw in our run (yours should be close): the plain ELBO let three of the six groups
-# collapse, all three of the lowest, 8×8 and 4×4 ones (KL 0.0 nats); KL warm-up left two collapsed
+# What we saw in a run with the residual blocks' earlier, non-zero biases (the cell above prints
+# what yours does; the asserts check the pattern, not these figures): the plain ELBO let three of
+# the six groups collapse, all three of the lowest, 8×8 and 4×4 ones (KL 0.0 nats); KL warm-up left two collapsed
 # and warm-up with free bits one, with most of the rate moved into one 8×8 group (about 50 nats).
 #
 # The active-unit counts barely moved (nearly all 672 units in every run), and that is a lesson about
@@ -630,14 +741,15 @@ plt.tight_layout()
 #
 # - One Gaussian latent leaves holes: its aggregate posterior does not fill the prior. In the
 #   Ladder VAE the group with that same fixed prior carries a few nats instead of tens, and its
-#   prior draws land far closer to real codes.
+#   prior draws land closer to real codes (compared in the same number of units).
 # - A hierarchy factorises prior and posterior group by group; its ELBO has one analytic KL per
 #   group, evaluated at a sample of the groups above.
 # - The Ladder VAE infers top-down along the generative path, merging bottom-up evidence with the
 #   prior — by precision weighting in the paper, by a learned function in later models. Sampling
 #   runs the same path with every group drawn from its prior.
-# - Zero-initialised priors and residual branches scaled by $1/\sqrt{N}$ make the untrained
-#   hierarchy start with KLs near zero and a residual stream whose variance does not grow with depth.
+# - Zero-initialised priors, residual branches scaled by $1/\sqrt{N}$ and zero biases make the
+#   untrained hierarchy start with KLs near zero and a residual stream whose added variance levels
+#   off with depth (0.004, 0.010 and 0.010 at 6, 24 and 96 blocks) instead of compounding.
 # - At a similar parameter count and the same training, the Ladder VAE's test bits/dim beats the
 #   single-latent VAE's on this seed (the two numbers are printed above), but over three seeds the
 #   two are level within noise (mean difference -0.02, spread 0.16 bits/dim).

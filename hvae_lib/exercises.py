@@ -117,12 +117,13 @@ class Forbidden:
             obj = obj.func
         if inspect.ismethod(obj):
             obj = obj.__func__
-        if inspect.isfunction(obj):  # a decorated function (``@torch.no_grad()``): its wrapper's code is shared
-            obj = inspect.unwrap(obj)  # by every function so decorated, so watch the function itself
+        # A decorated function (``@torch.no_grad()``) is a wrapper whose code every function with that
+        # decorator shares: forbid the function it wraps, not the wrapper.
+        obj = inspect.unwrap(obj) if inspect.isfunction(obj) else obj
         if inspect.isbuiltin(obj) or inspect.ismethoddescriptor(obj):
             self.builtins[obj.__name__] = _label(obj)
         elif inspect.isclass(obj):
-            self.codes.update({f.__code__: _label(f) for f in vars(obj).values() if inspect.isfunction(f)})
+            self.codes.update({inspect.unwrap(f).__code__: _label(f) for f in vars(obj).values() if inspect.isfunction(f)})
         elif inspect.isfunction(obj) and obj.__name__ == "<lambda>":
             if case is not None:  # an adapter: the oracle is what it calls
                 self.codes.update(_direct_callees(obj, case))

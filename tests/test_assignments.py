@@ -38,6 +38,9 @@ def test_points_table_in_the_instructors_guide_is_current():
         assert f"| `{name}` |" in table
     assert f"{assignments.RUBRICS_BEGIN}\n{assignments.rubrics(REPO)}{assignments.RUBRICS_END}" in text, (
         "docs/instructors.md's rubrics are stale: run `python tools/assignments.py points --update docs/instructors.md`")
+    for line in assignments.rubrics(REPO).splitlines():
+        if line.startswith("- **"):  # a rubric's points stated once, from its grade cell, not again from its text
+            assert "points): (" not in line, line
 
 
 def test_points_count_only_exercises_whose_grade_cell_can_fail():
@@ -112,7 +115,18 @@ def test_make_assignments_never_reinstalls_an_existing_venv(tmp_path):
 # ----------------------------------------------------------------------------- nbgrader, end to end
 
 STUDENTS = ("complete", "untouched", "one_wrong")
-BROKEN = "ex03_negative_elbo"  # the exercise whose function trains the chapter's VAE
+BROKEN = "ex03_train_vae"  # the exercise whose loop trains the chapter's VAE
+BROKEN_BODY = """\
+    history = []
+    for step in range(optim.max_steps):  # no schedule, no clipping: a plausible first attempt
+        optimizer.zero_grad()
+        out = model(batches(step))
+        loss = -out.log_px_z.mean() + out.kl_per_group.sum(1).mean()
+        loss.backward()
+        optimizer.step()
+        history.append({"loss": loss.item(), "bpd": 0.0, "grad_norm": 0.0, "lr": optim.lr, "beta": 1.0})
+    return history
+"""
 
 
 def nbgrader(course, *args):
@@ -125,11 +139,11 @@ def nbgrader(course, *args):
     return result.stdout + result.stderr
 
 
-def break_exercise(nb, grade_id):
-    """Replace the body of one exercise by a wrong one (the ELBO with its sign flipped)."""
+def break_exercise(nb, grade_id, wrong_body=BROKEN_BODY):
+    """Replace the body of one exercise by a wrong one (a training loop without its schedule)."""
     cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
     body = re.search(r"### BEGIN SOLUTION\n(.*?)    ### END SOLUTION", cell.source, flags=re.S)
-    cell.source = cell.source.replace(body.group(1), "    return (out.log_px_z - beta * out.kl_per_group.sum(1)).mean()\n")
+    cell.source = cell.source.replace(body.group(1), wrong_body)
     return nb
 
 
@@ -143,7 +157,9 @@ def test_nbgrader_grades_chapter_1_end_to_end(tmp_path):
     released = "\n".join(c.source for c in release.cells)
     assert "HIDDEN TESTS" not in released and "assert_matches(" not in released and "SOLUTION" not in released
     assert released.count("raise NotImplementedError()") == sum(
-        bool(c.metadata.get("nbgrader", {}).get("solution")) for c in source.cells)
+        bool(c.metadata.get("nbgrader", {}).get("solution")) for c in source.cells if c.cell_type == "code")
+    answers = [c.source for c in release.cells if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("solution")]
+    assert answers and all(a.strip() == "YOUR ANSWER HERE" for a in answers)  # the derivations, without their model answers
     assert all(not c.get("outputs") for c in release.cells if c.cell_type == "code")
 
     submissions = {"complete": source, "untouched": release, "one_wrong": break_exercise(copy.deepcopy(source), BROKEN)}
@@ -157,7 +173,8 @@ def test_nbgrader_grades_chapter_1_end_to_end(tmp_path):
     exercises, _ = notebooks.graded_exercises(chapter)
     cells = {e["grade_id"]: e["graded_by"] for e in exercises}
     total = sum(g["points"] for g in cells.values())
-    assert len(cells) >= 4 and total > 0
+    derivations = {d["grade_id"]: d["points"] for d in notebooks.derivations(chapter)}
+    assert len(cells) >= 4 and total > 0 and derivations and BROKEN in cells
 
     from nbgrader.api import Gradebook
 
@@ -165,14 +182,24 @@ def test_nbgrader_grades_chapter_1_end_to_end(tmp_path):
         scores = {s: gradebook.find_submission("01_vae", s).score for s in STUDENTS}
         wrong = {e: gradebook.find_grade(g["grade_id"], "01_vae", "01_vae", "one_wrong").score
                  for e, g in cells.items()}
-        assert gradebook.find_submission("01_vae", "complete").max_score == total
+        assert gradebook.find_submission("01_vae", "complete").max_score == total + sum(derivations.values())
+        # The derivations wait for the instructor where a student answered, and score 0 where the
+        # answer cell was left as released; nbgrader graded everything else.
+        derived = {(d, s): gradebook.find_grade(d, "01_vae", "01_vae", s) for d in derivations for s in STUDENTS}
+        assert all(g.needs_manual_grade and g.auto_score is None for (d, s), g in derived.items() if s != "untouched")
+        assert all(not g.needs_manual_grade and g.score == 0 for (d, s), g in derived.items() if s == "untouched")
+        for d, points in derivations.items():  # the instructor grades the complete answer in full
+            derived[d, "complete"].manual_score = points
+        gradebook.db.commit()
+        graded_total = gradebook.find_submission("01_vae", "complete").score
     assert scores == {"complete": total, "untouched": 0, "one_wrong": total - cells[BROKEN]["points"]}
     assert wrong == {e: (0 if e == BROKEN else g["points"]) for e, g in cells.items()}
+    assert graded_total == total + sum(derivations.values())
 
-    # The wrong loss failed its visible check, so the chapter trained with the library's and ran on.
+    # The wrong loop failed its visible check, so the chapter trained with the library's and ran on.
     graded = nbformat.read(course / "autograded/one_wrong/01_vae/01_vae.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in graded.cells if c.cell_type == "code" for o in c.outputs)
-    assert "negative_elbo: your exercise is not finished, so the chapter goes on with hvae_lib's version" in printed
+    assert "train_vae: your exercise is not finished, so the chapter goes on with hvae_lib's version" in printed
     assert "iw_bound: using your implementation from here on." in printed
     errors = [o.ename for c in graded.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == ["AssertionError"]  # only the broken exercise's hidden test

@@ -249,6 +249,28 @@ def test_verdict_of_a_class_reference_forbids_its_methods():
     assert ok is False and "NVAENormal" in message
 
 
+def test_a_decorated_oracle_forbids_itself_not_its_decorator(capsys):
+    """@torch.no_grad() wraps a function in code that every decorated function shares: forbidding the
+    oracle (a function or a class's method) must not forbid the other decorated functions the
+    student legitimately calls (the optimiser's step, clip_grad_norm_, ...)."""
+    @torch.no_grad()
+    def decorated_oracle(x):
+        return x * 2
+
+    class Oracles:
+        @torch.no_grad()
+        def method(self, x):
+            return x * 2
+
+    @torch.no_grad()
+    def innocent(x):
+        return x + x
+
+    assert check("double", lambda x: innocent(x), decorated_oracle, CASES, forbid=(Oracles,))
+    assert not check("double", lambda x: decorated_oracle(x), decorated_oracle, CASES)
+    assert "decorated_oracle" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- the rest of the helpers
 
 def test_use_if_correct_falls_back_with_a_note(capsys):

@@ -101,6 +101,25 @@ def test_initialisation_zero_priors_and_scaled_residual_branches():
     scaled = ResBlock(8, scale)
     assert torch.allclose(scaled.conv2.weight, plain.conv2.weight * scale) and torch.equal(scaled.conv1.weight, plain.conv1.weight)
     assert all(len(blocks) == 2 for blocks in model.td_blocks)
+    assert all(not block.conv1.bias.any() and not block.conv2.bias.any() for block in model.td_blocks[0])
+
+
+def test_scaled_residual_blocks_add_a_variance_that_does_not_grow_with_depth():
+    """Chapter 2's claim: with 1/sqrt(N) and zero biases, N blocks add about the same variance to a
+    unit-variance stream at N = 24 as at N = 96 (with PyTorch's default biases it grew 2x from 24 to
+    96); unscaled, it grows faster than N."""
+    from hvae_lib.models.lvae import ResBlock
+
+    x = torch.randn(16, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    added = {}
+    for n in (24, 96):
+        for scaled in (False, True):
+            torch.manual_seed(1)
+            stack = torch.nn.Sequential(*[ResBlock(8, n**-0.5 if scaled else 1.0) for _ in range(n)])
+            with torch.no_grad():
+                added[n, scaled] = (stack(x).var() - x.var()).item()
+    assert 0.67 < added[96, True] / added[24, True] < 1.5, added
+    assert added[96, False] > 4 * added[24, False], added
 
 
 @pytest.mark.parametrize("merge", ["precision", "learned"])

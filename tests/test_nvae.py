@@ -266,3 +266,30 @@ def test_paper_presets_have_the_official_parameter_counts(name):
     official, paper = PAPER_COUNTS[name]
     assert paper is None or abs(count - paper) / paper < 0.02
     assert count == official
+
+
+def test_a_group_function_replaces_the_posterior_group_step():
+    """NVAE.group_function (Chapter 3's exercise) computes every posterior group: set to the library's
+    posterior_group it changes nothing, bit for bit; a model with flows refuses one."""
+    from hvae_lib.models.nvae_parts import posterior_group
+
+    model = get_preset("nvae_tiny").model.build((1, 16, 16), 8, "logistic_mixture")
+    x = torch.rand(4, 1, 16, 16)
+    torch.manual_seed(3)
+    plain = model(x)
+    calls = []
+
+    def recorded(group, s, enc):
+        calls.append(group)
+        return posterior_group(group, s, enc)
+
+    model.group_function = recorded
+    torch.manual_seed(3)
+    hooked = model(x)
+    assert len(calls) == model.num_groups
+    assert torch.equal(plain.log_px_z, hooked.log_px_z) and torch.equal(plain.kl_per_group, hooked.kl_per_group)
+    assert torch.equal(plain.log_q_minus_log_p, hooked.log_q_minus_log_p)
+    with_flows = override(get_preset("nvae_tiny"), ["num_flows=1"]).model.build((1, 16, 16), 8, "logistic_mixture")
+    with_flows.group_function = recorded
+    with pytest.raises(ValueError, match="group_function"):
+        with_flows(x)

@@ -98,6 +98,7 @@ def rubrics(root=ROOT):
         for d in notebooks.derivations(nb):
             rubric = d["source"].split("**Rubric", 1)[1] if "**Rubric" in d["source"] else "** (none yet)"
             rubric = rubric.split("**", 1)[1].strip(" :.\n")
+            rubric = re.sub(r"^\(\d+ points?\)\s*:?\s*", "", rubric)  # the points are given once, from the grade cell
             parts.append(f"- **{title}**, `{d['grade_id']}` ({d['points']} points): {rubric}")
     return "\n".join(parts) + "\n" if parts else "(no graded derivations yet)\n"
 

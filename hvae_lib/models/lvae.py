@@ -50,7 +50,12 @@ def precision_weighted_merge(bottom_up: DiagonalGaussian, top_down: DiagonalGaus
 
 class ResBlock(nn.Module):
     """x + Conv3x3(SiLU(Conv3x3(SiLU(x)))), the residual block of both passes (Chapter 2); the second
-    conv's weights are multiplied by ``scale`` at initialisation (1/sqrt(N) in the Ladder VAE)."""
+    conv's weights are multiplied by ``scale`` at initialisation (1/sqrt(N) in the Ladder VAE).
+
+    Both biases start at zero, as every conv bias of openai/vdvae does (``get_conv(zero_bias=True)``):
+    PyTorch's default biases are not scaled by 1/sqrt(N), so N blocks would add N independent
+    constant offsets to the stream, whose variance grows with N whatever the weights' scale.
+    """
 
     def __init__(self, channels: int, scale: float = 1.0):
         super().__init__()
@@ -58,6 +63,8 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         with torch.no_grad():
             self.conv2.weight.mul_(scale)
+            self.conv1.bias.zero_()
+            self.conv2.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.silu(self.conv1(F.silu(x))))
@@ -78,9 +85,11 @@ class LadderVAE(HierarchicalVAE):
     network tame instead (Chapter 2, "How the Ladder VAE starts"):
 
     - every residual branch's last conv is scaled by 1/sqrt(N), N = 2 * L * blocks_per_group, the
-      blocks of both passes. VDVAE scales each pass by its own block count (and its z projection
-      too), a factor sqrt(2) larger here; either keeps the residual stream's variance bounded as
-      blocks are added, where unscaled branches make it grow with depth;
+      blocks of both passes, and the blocks' biases start at zero (as all of VDVAE's). VDVAE scales
+      each pass by its own block count (and its z projection too), a factor sqrt(2) larger here;
+      either keeps the variance the blocks add to the residual stream bounded as blocks are added,
+      where unscaled branches (or non-zero biases, which the scale does not reach) make it grow
+      with depth;
     - every prior head is zero, so p(z_l | z_<l) starts as N(0, I) whatever the state, like the top
       prior (VDVAE zero-initialises its prior's last conv the same way);
     - the posterior heads start small (weights times 0.1, zero bias; lower bottom-up estimates of

@@ -44,8 +44,7 @@ from hvae_lib.layers.cells import EncoderCell, postprocess_cells, preprocess_cel
 from hvae_lib.layers.norms import WNConv2d, batchnorm_layers, bn_regularizer, frozen_running_stats
 from hvae_lib.layers.spectral import SpectralRegularizer
 from hvae_lib.models.base import HierarchicalVAE, group_temperatures
-from hvae_lib.models.nvae_parts import OutputHead, TopDownGroup, groups_per_scale, pad_to_canvas
-from hvae_lib.probability.gaussian import sum_except_batch
+from hvae_lib.models.nvae_parts import OutputHead, TopDownGroup, groups_per_scale, pad_to_canvas, posterior_group
 from hvae_lib.probability.kl_control import kl_warmup_beta
 from hvae_lib.probability.objectives import ModelOutput
 from hvae_lib.probability.residual_normal import NVAENormal, residual_kl
@@ -100,6 +99,8 @@ class NVAE(HierarchicalVAE):
         self.top_prior_sigma = 1.0 + 0.01 * official_numerics
         # The elementwise KL(q || p) as a function of (dmu, dsigma, sigma_p); Chapter 4 swaps in the student's.
         self.kl_function = residual_kl
+        # A posterior group's step, posterior_group(group, s, e_l) when None; Chapter 3 trains with the student's.
+        self.group_function = None
         z_ch, pre, scales = num_latent_per_group, num_preprocess_blocks, num_latent_scales
 
         # Bottom-up: stem, pre-processing, then per scale and group the encoder cells.
@@ -190,31 +191,36 @@ class NVAE(HierarchicalVAE):
         s = self.prior_ftr0.unsqueeze(0).expand(n, -1, -1, -1).contiguous(memory_format=torch.channels_last)  # (B, C, h0, w0)
         dtype = torch.promote_types(self.prior_ftr0.dtype, torch.float32)
         kl, means, log_ratio, zs = [], [], torch.zeros(n, device=device, dtype=dtype), []
+        if num_posterior and self.group_function is not None and (self.num_flows or not self.residual_normal
+                                                                    or self.kl_function is not residual_kl
+                                                                    or self.official_numerics or posterior_mean):
+            raise ValueError("NVAE.group_function replaces posterior_group only for the residual normal without "
+                             "flows, with the library's KL and numerics and sampled posteriors; set "
+                             "group_function = None for this model.")
         for idx, group in enumerate(self.groups):
             for cell in group.cells:
                 s = self.checkpointed(cell, s)
             fixed = latents[idx] if latents is not None and idx < len(latents) else None
-            t = 1.0 if idx < num_posterior else temperatures[idx]
-            prior_params = None if group.is_top else group.prior(s)  # (B, 2Z, h, w) raw
-            if group.is_top:
-                p = NVAENormal.standard((n, *self.group_shapes[idx]), device, t * self.top_prior_sigma, dtype)
-            else:
-                p = NVAENormal.from_params(prior_params, t)
             if idx < num_posterior and fixed is None:
-                feature = group.encoder_feature(features[idx], s)
-                delta = group.posterior(feature)
-                residual = self.residual_normal and not group.is_top
-                q = NVAENormal.residual(prior_params, delta) if residual else NVAENormal.from_params(delta)
-                z0 = q.mu if posterior_mean else q.rsample()  # (B, Z, h, w)
-                z, log_det = group.apply_flows(z0, feature)
-                log_q_minus_log_p = sum_except_batch(q.log_prob(z0)) - log_det - sum_except_batch(p.log_prob(z))
-                kl.append(log_q_minus_log_p if len(group.flows) else sum_except_batch(q.kl(p, self.kl_function)))
+                if self.group_function is None:
+                    s, kl_l, log_q_minus_log_p, mean, z = posterior_group(
+                        group, s, features[idx], self.residual_normal, self.kl_function,
+                        top_prior_sigma=self.top_prior_sigma, posterior_mean=posterior_mean, return_z=True)
+                else:  # Chapter 3: the student's group step
+                    s, kl_l, log_q_minus_log_p, mean = self.group_function(group, s, features[idx])
+                    z = None
+                kl.append(kl_l)
                 log_ratio = log_ratio + log_q_minus_log_p
-                means.append(q.mu)
+                means.append(mean)
             else:
+                t = temperatures[idx]
+                if group.is_top:
+                    p = NVAENormal.standard((n, *self.group_shapes[idx]), device, t * self.top_prior_sigma, dtype)
+                else:
+                    p = NVAENormal.from_params(group.prior(s), t)  # (B, 2Z, h, w) raw
                 z = p.rsample() if fixed is None else fixed.to(dtype)
+                s = group.combine(s, z)
             zs.append(z)
-            s = group.combine(s, z)
             if group.up is not None:
                 s = self.checkpointed(group.up, s)
         for cell in self.postprocess:

@@ -11,7 +11,9 @@ from torch import nn
 
 from hvae_lib.layers.cells import GenerativeCell
 from hvae_lib.layers.norms import WNConv2d
+from hvae_lib.probability.gaussian import sum_except_batch
 from hvae_lib.probability.likelihoods import Bernoulli, DiscretizedLogisticMixture, LikelihoodHead
+from hvae_lib.probability.residual_normal import NVAENormal, residual_kl
 
 
 def groups_per_scale(num_scales: int, num_groups: int, adaptive: bool, minimum: int = 1) -> list[int]:
@@ -80,6 +82,37 @@ class TopDownGroup(nn.Module):
 
     def combine(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.dec_combiner(torch.cat([s, z.to(s.dtype)], dim=1))  # (B, C_dec, H, W)
+
+
+def posterior_group(group: TopDownGroup, s: torch.Tensor, enc: torch.Tensor, residual_normal: bool = True,
+                    kl_function=residual_kl, *, top_prior_sigma: float = 1.0, posterior_mean: bool = False,
+                    return_z: bool = False):
+    """One latent group of the top-down tower with z_l drawn from the posterior (Chapter 3 writes it
+    as an exercise): the prior p(z_l | z_<l) from the state s (N(0, top_prior_sigma^2 I) for the top
+    group: 1 in the paper, 1.01 in NVlabs' code), the posterior's feature e_l + Conv1x1(s), the
+    residual normal q = N(mu_p + dmu, (sigma_p dsigma)^2) (the encoder's q alone at the top, or
+    everywhere with ``residual_normal=False``), z ~ q (q's mean with ``posterior_mean``) through the
+    group's flows, and the state with z merged in.
+
+    Returns (state (B, C, h, w), KL (B,), log q(z) - log p(z) (B,), posterior mean (B, Z, h, w)), and z
+    (B, Z, h, w) last with ``return_z``: the KL is analytic (``kl_function`` of (dmu, dsigma,
+    sigma_p)), or the one-sample log ratio when the group has flows. Float32 maths (float64 for a
+    float64 model), whatever the autocast dtype of s.
+    """
+    dtype = torch.promote_types(s.dtype, torch.float32)
+    prior_params = None if group.is_top else group.prior(s)  # (B, 2Z, h, w) raw
+    feature = group.encoder_feature(enc, s)
+    delta = group.posterior(feature)  # (B, 2Z, h, w) raw
+    residual = residual_normal and not group.is_top
+    q = NVAENormal.residual(prior_params, delta) if residual else NVAENormal.from_params(delta)
+    p = (NVAENormal.standard(q.mu.shape, s.device, top_prior_sigma, dtype) if group.is_top
+         else NVAENormal.from_params(prior_params))
+    z0 = q.mu if posterior_mean else q.rsample()  # (B, Z, h, w)
+    z, log_det = group.apply_flows(z0, feature)
+    log_q_minus_log_p = sum_except_batch(q.log_prob(z0)) - log_det - sum_except_batch(p.log_prob(z))
+    kl = log_q_minus_log_p if len(group.flows) else sum_except_batch(q.kl(p, kl_function))
+    out = (group.combine(s, z), kl, log_q_minus_log_p, q.mu)
+    return (*out, z) if return_z else out
 
 
 class OutputHead(nn.Module):
