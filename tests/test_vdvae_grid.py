@@ -82,7 +82,7 @@ def test_the_import_chooses_the_official_protocol_for_ffhq256_and_says_so(tmp_pa
     info = dataset_info("ffhq_256")
     torch.manual_seed(0)
     model = small.model.build(info.image_shape, info.bits, info.likelihood)
-    from tests.test_import_vdvae import official_layout
+    from test_import_vdvae import official_layout  # tests/ is on sys.path (torch-fidelity installs a package named tests)
 
     torch.save(official_layout(model), tmp_path / "ffhq256-model-ema.th")
     args = [str(tmp_path / "ffhq256-model-ema.th"), "--preset", "vdvae_ffhq256", "--out", str(tmp_path / "run")]
