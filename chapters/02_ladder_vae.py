@@ -504,11 +504,9 @@ assert torch.allclose(elbo_yours, elbo_model, rtol=1e-4, atol=1e-2)
 # %% [markdown]
 # One run is one draw. `benchmarks/seeds.py` trains both models for seeds 0, 1 and 2 (the same
 # batches for both at each seed; the table is in `benchmarks/RESULTS.md`, and Chapter 4 reads it).
-# With the zero biases, seed 0 (this chapter's run, 3.674) is 0.039 bits/dim below the benchmark's
-# VAE at seed 0 (3.713); seeds 1 and 2 of the zero-bias Ladder VAE are still being run. Before the
-# biases were zeroed, the Ladder VAE minus the VAE came out at -0.025, +0.148 and -0.180 bits/dim:
-# it won on two seeds and lost on one, and the mean difference (-0.02) was far inside its spread
-# (0.16). At this size and budget the hierarchy is *level* with the single-latent VAE; what it buys
+# The Ladder VAE minus the VAE came out at -0.039, +0.153 and -0.204 bits/dim (the Ladder VAE at
+# 3.674, 3.884 and 3.686): it wins on two seeds and loses on one, and the mean difference (-0.03)
+# is far inside its spread (0.18). At this size and budget the hierarchy is *level* with the single-latent VAE; what it buys
 # here is the structure this chapter measures next (a rate spread over groups, samples drawn
 # top-down), not a better bound. NVAE (Chapters 3-4) is ahead on every seed by 0.16-0.37 bits/dim.
 
@@ -760,9 +758,8 @@ plt.tight_layout()
 #   untrained hierarchy start with KLs near zero and a residual stream whose added variance levels
 #   off with depth (0.004, 0.010 and 0.010 at 6, 24 and 96 blocks) instead of compounding.
 # - At a similar parameter count and the same training, the Ladder VAE's test bits/dim beats the
-#   single-latent VAE's on this seed (3.674 against 3.711, printed above), but one seed settles
-#   nothing: before the residual blocks' biases were zeroed, three seeds found the two level within
-#   noise (mean difference -0.02, spread 0.16 bits/dim).
+#   single-latent VAE's on this seed (3.674 against 3.711, printed above), but over three seeds the
+#   two are level within noise (mean difference -0.03, spread 0.18 bits/dim).
 # - Posterior collapse shows in the KL per group; KL warm-up and free bits keep more of the
 #   hierarchy in use. The active-unit count (Burda et al.) misses it in a lower group: a collapsed
 #   group's posterior mean is its prior mean, which still varies with the groups above.
