@@ -38,8 +38,9 @@
 # guess); the measuring cell prints your prediction beside the number.
 #
 # **What to expect.** Full mode trains NVAE for 1500 steps and takes about 7 minutes on a 2-core
-# CPU (the training itself about 6 minutes, 0.22-0.25 s per step; the whole notebook ran in 424 s
-# on one thread, 422 s of it CPU time).
+# CPU when the machine is otherwise idle (the training itself about 6 minutes, 0.22-0.25 s per step;
+# the whole notebook ran in 424 s on one thread, 422 s of it CPU time). Its last run shared the two
+# cores with other jobs (load 2-4): 0.48 s per step, 863 s for the notebook, 778 s of CPU time.
 # The model, 140 000 parameters like the earlier chapters' 107 000 (VAE) and 126 000 (Ladder VAE),
 # reaches about **3.52 bits/dim** on the Fashion-MNIST test set, against 3.71 for Chapter 1's VAE
 # and 3.67 for Chapter 2's Ladder VAE (all three are printed below, the earlier two from their
