@@ -46,7 +46,7 @@ NPM = {
     "mermaid": ("11.12.1", {"LICENSE": "mermaid/LICENSE", "dist/mermaid.esm.min.mjs": "mermaid/mermaid.esm.min.mjs",
                             "dist/chunks/mermaid.esm.min/": "mermaid/chunks/mermaid.esm.min/"}),
 }
-GUIDES = ["docs/instructors.md", "docs/architecture.md", "benchmarks/RESULTS.md"]
+GUIDES = ["docs/instructors.md", "docs/architecture.md", "docs/cluster.md", "benchmarks/RESULTS.md"]
 
 
 class SiteError(Exception):
