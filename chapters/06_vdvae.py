@@ -38,6 +38,7 @@
 # **What to expect.** Full mode trains the chapter's 116,004-parameter, 13-layer VDVAE for 1000
 # steps (most of the run: about 7.5 minutes of CPU time on one thread on an idle machine, as
 # measured before this chapter's exercises were added; they add seconds), and a few 30-step runs.
+# Its last full run shared the two cores with other jobs (load 2-4): 947 s, 846 s of CPU time.
 # The same preset at seed 0 (`vdvae_fashion` in `benchmarks/seeds.json`) reaches **3.342 bits/dim**
 # on the Fashion-MNIST test set with its EMA weights and **3.406** with its raw weights, which is
 # what section 7 compares. Over seeds 0, 1 and 2 its raw weights score 3.406, 3.459 and 3.369, below
