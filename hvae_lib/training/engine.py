@@ -280,13 +280,9 @@ class Trainer(CleanStop):
 
     @torch.no_grad()
     def evaluate(self, max_batches: int = 0, split: str = "test", raw: bool = False) -> dict | None:
-        """Negative ELBO on ``split`` ("test" or "valid"; EMA weights when present, the raw weights with
-        ``raw``), in nats/image and bits/dim, as ``{split}_neg_elbo_nats``, ``{split}_bpd`` and
-        ``{split}_images``. ``raw`` puts a model with an EMA on the footing of models without one (the
-        course's comparisons across models, Chapter 6).
-
-        None when a stop signal cut it short (on any rank: the ranks agree through the final sum).
-        """
+        """Negative ELBO on ``split`` ("test" or "valid") as ``{split}_neg_elbo_nats``, ``{split}_bpd`` and
+        ``{split}_images``, with the EMA weights when present (the raw ones with ``raw``: Chapter 6 compares
+        every model on its raw weights); None when a stop signal cut it short on any rank."""
         dataset = self.data.valid if split == "valid" else self.data.test
         total = torch.zeros(3, device=self.device)  # (sum of -ELBO, images, ranks cut short)
         with seeded_eval(self.model if raw else self.eval_model, 1234 + self.rank) as model:
