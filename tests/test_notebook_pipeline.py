@@ -47,13 +47,25 @@ def {signature}:
 ''' + graded(f"ex0{n}_{name}", test)
 
 
+# Two exercises "of substance" (tools/notebooks.py counts 12 or more lines of solution), as the
+# course's rules ask of every chapter; the demo's answers are long ways to multiply and negate.
+SUBSTANTIAL_MUL = "\n    ".join([
+    "result = 0", "count = abs(b)", "for _ in range(count):", "    result = result + a",
+    "if b < 0:", "    result = -result", "check = result", "if check != a * b:",
+    "    raise ValueError('mul went wrong')", "answer = check", "answer = answer + 0", "return answer"])
+SUBSTANTIAL_NEG = "\n    ".join([
+    "result = 0", "count = abs(a)", "step = -1 if a > 0 else 1", "for _ in range(count):",
+    "    result = result + step", "check = result", "if check != -a:",
+    "    raise ValueError('neg went wrong')", "answer = check", "answer = answer * 1",
+    "answer = answer + 0", "return answer"])
+
 # The demo is a gradable chapter (tools/notebooks.py's grading_problems): four exercises with
-# grade cells, one used afterwards, one prediction revealed. The first exercise's plain check cell
-# sits before its grade cell, as helper cells may.
+# grade cells (two of substance), one used afterwards, one prediction revealed, one derivation.
+# The first exercise's plain check cell sits before its grade cell, as helper cells may.
 GRADED = (graded("ex01_add", "assert add(-1, 1) == 0")
           + exercise(2, "sub", "sub(a, b)", "return a - b", "assert sub(3, 1) == 2")
-          + exercise(3, "mul", "mul(a, b)", "return a * b", "assert mul(3, 2) == 6")
-          + exercise(4, "neg", "neg(a)", "return -a", "assert neg(3) == -3")
+          + exercise(3, "mul", "mul(a, b)", SUBSTANTIAL_MUL, "assert mul(3, 2) == 6")
+          + exercise(4, "neg", "neg(a)", SUBSTANTIAL_NEG, "assert neg(3) == -3")
           + '''
 
 # %% nbgrader={"grade": false, "grade_id": "predict01_sum", "locked": false, "schema_version": 3, "solution": true, "task": false}
@@ -77,7 +89,16 @@ def reveal_prediction(question, guess, measured):
 
 total = use_if_correct("add", add, lambda a, b: a + b, False)(2, 3)
 reveal_prediction("2 + 3", predicted_sum, total)
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "derive01_cancel", "locked": false, "points": 1, "schema_version": 3, "solution": true, "task": false}
+# **Model answer.** (a + b) - b = a, since addition is associative and b - b = 0.
+#
+# **Rubric (1 point):** 1 point for the cancellation with its reason.
 ''')
+DERIVATION_ANSWER = """# **Model answer.** (a + b) - b = a, since addition is associative and b - b = 0.
+#
+# **Rubric (1 point):** 1 point for the cancellation with its reason.
+"""
 EXERCISE_HEADER = (
     '# %% nbgrader={"grade": false, "grade_id": "ex01_add", "locked": false, '
     '"schema_version": 3, "solution": true}'
@@ -165,7 +186,7 @@ def test_sync_builds_worksheet_and_pairs(repo, capsys):
     # Identical to the solution except for the cleared regions and the removed hidden tests.
     assert worksheet.replace("    # YOUR CODE HERE\n    raise NotImplementedError()\n", "") == re.sub(
         r"    ### BEGIN SOLUTION\n.*?    ### END SOLUTION\n|### BEGIN HIDDEN TESTS\n.*?### END HIDDEN TESTS\n", "",
-        DEMO, flags=re.S)
+        DEMO.replace(DERIVATION_ANSWER, "# YOUR ANSWER HERE\n"), flags=re.S)  # the derivation's answer too
 
     for folder in ("solutions", "chapters"):
         nb = nbformat.read(repo / folder / "01_demo.ipynb", as_version=4)
