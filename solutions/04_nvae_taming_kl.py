@@ -144,9 +144,11 @@ print(f"Chapter 3 NVAE: {sum(p.numel() for p in nvae.parameters()):,} parameters
 # Under $z \sim q$: $\mathbb{E}[(z - \mu_q)^2] = \sigma_q^2$, and, writing $z - \mu_p = (z - \mu_q) + \Delta\mu$,
 # $\mathbb{E}[(z - \mu_p)^2] = \sigma_q^2 + \Delta\mu^2$ (the cross term has mean zero). So
 #
-# $$\mathrm{KL}(q\,\|\,p) = \log\frac{\sigma_p}{\sigma_q} - \frac12 + \frac{\sigma_q^2 + \Delta\mu^2}{2\sigma_p^2}
-#   = -\log\Delta\sigma - \frac12 + \frac{\sigma_p^2\Delta\sigma^2 + \Delta\mu^2}{2\sigma_p^2}
-#   = \frac12\left(\frac{\Delta\mu^2}{\sigma_p^2} + \Delta\sigma^2 - \log\Delta\sigma^2 - 1\right).$$
+# $$\begin{aligned}
+#   \mathrm{KL}(q\,\|\,p) &= \log\frac{\sigma_p}{\sigma_q} - \frac12 + \frac{\sigma_q^2 + \Delta\mu^2}{2\sigma_p^2}
+#   = -\log\Delta\sigma - \frac12 + \frac{\sigma_p^2\Delta\sigma^2 + \Delta\mu^2}{2\sigma_p^2} \\
+#   &= \frac12\left(\frac{\Delta\mu^2}{\sigma_p^2} + \Delta\sigma^2 - \log\Delta\sigma^2 - 1\right).
+# \end{aligned}$$
 #
 # The prior's mean $\mu_p$ has cancelled: it enters only through $\mu_q - \mu_p = \Delta\mu$. The prior's
 # scale is left only as the unit of $\Delta\mu$. At $(\Delta\mu, \Delta\sigma) = (0, 1)$ the KL is

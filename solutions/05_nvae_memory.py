@@ -473,8 +473,10 @@ assert recomputed_run[-1] < 0.2 * plain_run[-1]
 # **Model answer.** After the first update $r_1 = (1-m)\,r_0 + m\,\bar x$; the second applies the same
 # update to $r_1$ with the same $\bar x$:
 #
-# $$r = (1-m)\,r_1 + m\,\bar x = (1-m)^2\,r_0 + \big((1-m)\,m + m\big)\,\bar x = (1-m')\,r_0 + m'\,\bar x,
-#   \qquad m' = 1 - (1-m)^2 = 2m - m^2 .$$
+# $$\begin{aligned}
+#   r &= (1-m)\,r_1 + m\,\bar x = (1-m)^2\,r_0 + \big((1-m)\,m + m\big)\,\bar x \\
+#   &= (1-m')\,r_0 + m'\,\bar x, \qquad m' = 1 - (1-m)^2 = 2m - m^2 .
+# \end{aligned}$$
 #
 # For $m = 0.05$, $m' = 0.0975$. With weights $\mu(1-\mu)^k$ (they sum to 1), the mean age is
 # $\sum_k k\,\mu(1-\mu)^k = \mu(1-\mu)\sum_k k(1-\mu)^{k-1} = \mu(1-\mu)/\mu^2 = (1-\mu)/\mu$: 19 steps

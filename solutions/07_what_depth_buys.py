@@ -211,8 +211,8 @@ kl_fn = use_if_correct("bernoulli_kl", bernoulli_kl, BERNOULLI_KL, ok_bernoulli_
 # %% [markdown] nbgrader={"grade": true, "grade_id": "derive07_proposition_1", "locked": false, "points": 3, "schema_version": 3, "solution": true, "task": false}
 # **Model answer.** (a) Under $q$ the latents are $z = x$ with probability one, so the KL of layer $i$
 # (given $z_{<i} = x_{<i}$) is the KL from the point mass $1[z_i = x_i]$ to the Bernoulli
-# $p(z_i \mid x_{<i})$: $\sum_{v \in \{0,1\}} q(v) \log\frac{q(v)}{p(v)} = 1 \cdot \log\frac{1}{p(x_i \mid x_{<i})}
-# + 0 \cdot \log\frac{0}{\cdot} = -\log p_{\text{AR}}(x_i \mid x_{<i})$, with $0 \log 0 = 0$. (b) The ELBO is
+# $p(z_i \mid x_{<i})$: $\sum_{v \in \{0,1\}} q(v) \log\frac{q(v)}{p(v)} = 1 \cdot \log\frac{1}{p(x_i \mid x_{<i})} +
+# 0 \cdot \log\frac{0}{\cdot} = -\log p_{\text{AR}}(x_i \mid x_{<i})$, with $0 \log 0 = 0$. (b) The ELBO is
 # $\mathbb{E}_q[\log p(x \mid z)] - \sum_i \mathrm{KL}_i$. At $z = x$ the copy decoder gives
 # $\log p(x \mid z) = \log 1 = 0$, so ELBO $= \sum_i \log p_{\text{AR}}(x_i \mid x_{<i}) = \log p_{\text{AR}}(x)$ by the
 # chain rule of the AR model. (c) The VAE's marginal is $p(x) = \sum_z p(z)\, 1[x = z] = p(z = x) =
