@@ -30,44 +30,28 @@ import torch
 from torch.utils.data import Dataset
 
 from hvae_lib.data.contract import DatasetUnavailableError, dataset_info
+from hvae_lib.data.ffhq import ImageFiles, reduce_bits
 
 CELEBA_CROP = (15, 40, 178 - 15, 218 - 30)  # (left, top, right, bottom): NVAE's CropCelebA64
 CELEBA_PARTITIONS = {"train": 0, "test": 1}  # list_eval_partition.txt: 0 train, 1 valid, 2 test
 
 
-def _reduce(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 (C, H, W) -> float in [0, 1] on the 2^bits grid: floor(x / 2^(8 - bits)) / (2^bits - 1)."""
-    if bits < 8:
-        x = torch.div(x, 2 ** (8 - bits), rounding_mode="floor")
-    return x.float() / (2**bits - 1)
-
-
-class CelebAFiles(Dataset):
+class CelebAFiles(ImageFiles):
     """Aligned CelebA JPEGs cropped to the face and resized to ``resolution`` (NVAE's CelebA-64)."""
 
+    unreadable_hint = "replace it with the original aligned CelebA file"
+    replace_hint = "replace it with the file from img_align_celeba"
+
     def __init__(self, paths: list[Path], resolution: int = 64, bits: int = 8):
-        self.images, self.resolution, self.bits = list(paths), resolution, bits
-        self.labels = torch.zeros(len(self.images), dtype=torch.long)
+        super().__init__(paths, resolution, bits)
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def fit(self, img, path: Path):
         from PIL import Image
 
-        path = self.images[i]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except OSError as err:
-            raise DatasetUnavailableError(f"{path} could not be read as an image ({err}); replace it with the "
-                                          f"original aligned CelebA file.") from None
         if img.size != (178, 218):
             raise DatasetUnavailableError(f"{path} is {img.size[0]}x{img.size[1]}, not an aligned CelebA image "
-                                          f"(178x218); replace it with the file from img_align_celeba.")
-        img = img.crop(CELEBA_CROP).resize((self.resolution, self.resolution), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
-        return _reduce(x, self.bits), 0
+                                          f"(178x218); {self.replace_hint}.")
+        return img.crop(CELEBA_CROP).resize((self.resolution, self.resolution), Image.BILINEAR)
 
 
 def load_celeba64(root: Path, bits: int = 0):
@@ -203,7 +187,7 @@ class TFRecordImages(Dataset):
         if shape != (self.resolution, self.resolution, 3):
             raise DatasetUnavailableError(f"{path} holds {shape} images, not ({self.resolution}, {self.resolution}, 3): "
                                           f"use the r08 (256x256) CelebA-HQ files.")
-        return _reduce(torch.from_numpy(image.copy()).permute(2, 0, 1), self.bits), 0
+        return reduce_bits(torch.from_numpy(image.copy()).permute(2, 0, 1), self.bits), 0
 
 
 def load_celebahq256(root: Path, bits: int = 0):

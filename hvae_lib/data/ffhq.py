@@ -33,6 +33,13 @@ FFHQ_TEST_FROM = 65_000  # openai/vdvae: 00000-64999 train, 65000-69999 valid (=
 FFHQ_IMAGES = 70_000
 
 
+def reduce_bits(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 (C, H, W) -> float in [0, 1] on the 2^bits grid: floor(x / 2^(8 - bits)) / (2^bits - 1)."""
+    if bits < 8:
+        x = torch.div(x, 2 ** (8 - bits), rounding_mode="floor")
+    return x.float() / (2**bits - 1)
+
+
 class ImageFiles(Dataset):
     """Square RGB images read from files when used, resized to ``resolution`` if larger (PIL bilinear)
     and reduced to ``bits`` as floor(x_255 / 2^(8 - bits)) / (2^bits - 1). ``images`` is the list of
@@ -45,6 +52,9 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    # what the one-sentence errors for an unreadable and a misshapen file tell the user to do
+    unreadable_hint, replace_hint = "replace or delete it", "replace it with the original FFHQ file"
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         from PIL import Image
 
@@ -53,17 +63,21 @@ class ImageFiles(Dataset):
             with Image.open(path) as img:
                 img = img.convert("RGB")
         except OSError as err:
-            raise DatasetUnavailableError(f"{path} could not be read as an image ({err}); replace or delete it.") from None
+            raise DatasetUnavailableError(f"{path} could not be read as an image ({err}); "
+                                          f"{self.unreadable_hint}.") from None
+        img = self.fit(img, path)
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W) uint8
+        return reduce_bits(x, self.bits), 0
+
+    def fit(self, img, path: Path):
+        """The image at ``resolution``: square, at least that large, resized down (PIL bilinear)."""
+        from PIL import Image
+
         w, h = img.size
         if w != h or w < self.resolution:
             raise DatasetUnavailableError(f"{path} is {w}x{h}, but this dataset needs square images of at least "
-                                          f"{self.resolution}x{self.resolution}; replace it with the original FFHQ file.")
-        if w != self.resolution:
-            img = img.resize((self.resolution, self.resolution), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W) uint8
-        if self.bits < 8:
-            x = torch.div(x, 2 ** (8 - self.bits), rounding_mode="floor")
-        return x.float() / (2**self.bits - 1), 0
+                                          f"{self.resolution}x{self.resolution}; {self.replace_hint}.")
+        return img.resize((self.resolution, self.resolution), Image.BILINEAR) if w != self.resolution else img
 
 
 class ArrayImages(Dataset):
@@ -79,9 +93,7 @@ class ArrayImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = torch.from_numpy(np.array(self.array[int(self.images[i])])).permute(2, 0, 1)  # (3, H, W) uint8
-        if self.bits < 8:
-            x = torch.div(x, 2 ** (8 - self.bits), rounding_mode="floor")
-        return x.float() / (2**self.bits - 1), 0
+        return reduce_bits(x, self.bits), 0
 
 
 def _openai_npy(path: Path) -> np.ndarray:
