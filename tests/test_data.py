@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import gzip
+import multiprocessing
 import pickle
 import struct
+import time
 from pathlib import Path
 from urllib.error import URLError
 
@@ -88,6 +90,39 @@ def test_fashion_mnist_debian_fallback(tmp_path, monkeypatch):
     raw = root / "FashionMNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(mnist_cifar.IDX_FILES)  # decompressed, no temp files left
     check_contract(ds.train, (1, 28, 28), 8, N_TRAIN)
+
+
+def _first_use(root, barrier, errors):
+    """One process's first load, copying slowly so that the two processes' decompressions overlap."""
+    copy = mnist_cifar.shutil.copyfileobj
+    mnist_cifar.shutil.copyfileobj = lambda fin, fout: (time.sleep(0.2), copy(fin, fout))
+    barrier.wait()
+    try:
+        load_dataset("fashion_mnist", root, download=False)
+    except Exception as err:  # noqa: BLE001 - the parent reports it
+        errors.put(f"{type(err).__name__}: {err}")
+
+
+def test_two_first_uses_at_once_both_succeed(tmp_path, monkeypatch):
+    # Two seed runs or two notebooks started together both find the raw files missing and decompress
+    # Debian's; with one shared temporary name the second os.replace found the file gone.
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    for name, content in idx_splits().items():
+        (debian / f"{name}.gz").write_bytes(gzip.compress(content))
+    monkeypatch.setattr(mnist_cifar, "DEBIAN_FASHION_MNIST", debian)
+    ctx = multiprocessing.get_context("fork")  # the children keep the monkeypatch
+    barrier, errors = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_first_use, args=(tmp_path / "root", barrier, errors)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    assert errors.empty(), errors.get()
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(mnist_cifar.IDX_FILES)  # no temporary file left
+    assert len(load_dataset("fashion_mnist", tmp_path / "root", download=False).train) == N_TRAIN
 
 
 def test_fashion_mnist_offline_error(tmp_path, no_debian, monkeypatch):

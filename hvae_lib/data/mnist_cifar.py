@@ -15,6 +15,7 @@ import math
 import os
 import pickle
 import shutil
+import tempfile
 from pathlib import Path
 from urllib.error import URLError
 
@@ -84,13 +85,14 @@ def _torchvision_download(class_name: str, root: Path) -> str | None:
 
 
 def _gunzip_into(src: Path, dst: Path) -> None:
-    """Decompress ``src/<f>.gz`` for every IDX file into ``dst/<f>``, atomically per file."""
+    """Decompress ``src/<f>.gz`` for every IDX file into ``dst/<f>``, atomically per file. The temporary
+    file is the caller's own, so that two first uses at once (two notebooks, two seed runs) both succeed."""
     dst.mkdir(parents=True, exist_ok=True)
     for name in IDX_FILES:
-        tmp = dst / f".{name}.tmp"
-        with gzip.open(src / f"{name}.gz", "rb") as fin, open(tmp, "wb") as fout:
+        with gzip.open(src / f"{name}.gz", "rb") as fin, \
+                tempfile.NamedTemporaryFile(dir=dst, prefix=f".{name}.", suffix=".tmp", delete=False) as fout:
             shutil.copyfileobj(fin, fout)
-        os.replace(tmp, dst / name)
+        os.replace(fout.name, dst / name)
 
 
 def fashion_mnist(root: Path, download: bool, seed: int):
