@@ -10,7 +10,8 @@ the order of the batches and the z noise; seed 0 is the chapter's own run), into
   ``lvae_fashion_learned``, ``nvae_fashion_1500`` and ``vdvae_fashion``;
 - ``ch06b``: Chapter 6b's ablations, ``vdvae_fashion_deep`` and its variants (no 1/sqrt(N) scaling,
   a learned upsampler, stochastic depth 20 and 4), compared with ``vdvae_fashion_deep``; their
-  results go to ``benchmarks/seeds_ch06b.json`` unless ``--results`` says otherwise.
+  results go to ``benchmarks/seeds_ch06b.json`` unless ``--results`` says otherwise, each with
+  ``kl_per_layer``: the mean KL of every latent layer on the test images (the chapter's Fig. 5).
 
 A run folder that holds ``results.json`` is finished and is read, not trained again (``--retrain``
 deletes the given presets' folders for the given seeds first: after a change to a model, re-run its
@@ -39,6 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
+from hvae_lib.analysis import diagnostics  # noqa: E402
 from hvae_lib.config import override  # noqa: E402
 from hvae_lib.config.ranges import ConfigError  # noqa: E402
 from hvae_lib.models.presets import get_preset  # noqa: E402
@@ -79,8 +83,23 @@ def run_one(preset: str, seed: int, runs: Path) -> dict:
         raw_file.write_text(json.dumps(trainer.evaluate(raw=True), indent=2) + "\n")
     raw = json.loads(raw_file.read_text()) if ema else record
     cost = json.loads(timing.read_text()) if timing.exists() else {}
+    extra = {}
+    if preset in ABLATIONS:  # where the information sits (Chapter 6b's Fig. 5), per seed
+        profile_file = run_dir / "kl_per_layer.json"
+        if not profile_file.exists():
+            trainer = trainer or Trainer(config, run_dir, resume=True)
+            profile_file.write_text(json.dumps(kl_per_layer(trainer)) + "\n")
+        extra["kl_per_layer"] = json.loads(profile_file.read_text())
     return {"test_bpd": record["test_bpd"], "test_neg_elbo_nats": record["test_neg_elbo_nats"],
-            "test_bpd_raw": raw["test_bpd"], "ema": ema, **cost}
+            "test_bpd_raw": raw["test_bpd"], "ema": ema, **cost, **extra}
+
+
+def kl_per_layer(trainer: Trainer) -> list[float]:
+    """The mean KL of every latent layer (nats per image, top first) of the trained raw weights on the test
+    images the engine evaluates on, with the z noise seeded as Chapter 6b seeds it."""
+    images = torch.stack([trainer.data.test[i][0] for i in range(len(trainer.data.test))])
+    torch.manual_seed(0)
+    return [round(k, 6) for k in diagnostics.kl_per_group(trainer.model.eval(), images, 256).tolist()]
 
 
 def raw_bpd(record: dict) -> float:
