@@ -28,8 +28,8 @@
 #
 # Three "predict, then run" questions ask you to guess a number before the cell that measures it.
 #
-# **What to expect.** In full mode your loop trains the VAE for 2000 steps (about 0.11 s a step on
-# an idle 2-core CPU, where a run of the whole notebook took WHOLE_RUN minutes), and the VAE reaches
+# **What to expect.** In full mode your loop trains the VAE for 2000 steps (about 0.13 s a step on
+# an idle 2-core CPU, where a run of the whole notebook took 313 s, 605 s of CPU time on two threads), and the VAE reaches
 # about **3.71 bits/dim** on the Fashion-MNIST test set (the exact figure is printed below, and it
 # is the figure `make train` gives: the same steps). With `HVAE_SMOKE=1` it runs on a few hundred
 # images in well under a minute: the numbers are then meaningless, but every cell runs.

@@ -36,12 +36,13 @@
 #    Fashion-MNIST next to Chapters 1–4, over three seeds, every model scored the same way.
 #
 # **What to expect.** Full mode trains the chapter's 116,004-parameter, 13-layer VDVAE for 1000
-# steps (most of the run: about 7.5 minutes of CPU time on one thread on an idle machine, as
-# measured before this chapter's exercises were added; they add seconds), and a few 30-step runs.
-# Its last full run shared the two cores with other jobs (load 2-4): 947 s, 846 s of CPU time.
-# The same preset at seed 0 (`vdvae_fashion` in `benchmarks/seeds.json`) reaches **3.342 bits/dim**
-# on the Fashion-MNIST test set with its EMA weights and **3.406** with its raw weights, which is
-# what section 7 compares. Over seeds 0, 1 and 2 its raw weights score 3.406, 3.459 and 3.369, below
+# steps, and a few 30-step runs: the committed run took 542 s (9 minutes; 1024 s of CPU time on two
+# threads) on an idle 2-core machine. The same preset at seed 0 (`vdvae_fashion` in
+# `benchmarks/seeds.json`, trained on one thread) reaches **3.342 bits/dim** on the Fashion-MNIST
+# test set with its EMA weights and **3.406** with its raw weights, which is what section 7
+# compares; this notebook's run, on two threads, prints 3.342 and 3.386 (the thread count changes
+# the order of floating-point sums, and a thousand steps later the raw weights land 0.02 bits/dim
+# apart, less than the spread between seeds). Over seeds 0, 1 and 2 its raw weights score 3.406, 3.459 and 3.369, below
 # NVAE, the Ladder VAE and the VAE on every seed (by 0.048 to 0.521 bits/dim; section 7). On the way, all asserted: at initialisation the top-down
 # state's variance stays at 1/3 with the 1/√N scaling and grows as N/3 without it (to within 6%, up
 # to 96 layers), while the encoder's stream stays between 0.8 and 1.2 either way; the gradient norm
@@ -825,6 +826,8 @@ raw_bpd = trainer.evaluate(raw=True)["test_bpd"]  # the engine's evaluation, of 
 print(f"test negative ELBO with the EMA weights: {result['test_neg_elbo_nats']:.1f} nats per image = {vdvae_bpd:.3f} "
       f"bits/dim; with the raw weights {raw_bpd:.3f} bits/dim ({result['test_images']} test images)")
 assert vdvae_bpd < 8 and raw_bpd < 8, "a trained model must beat the uniform 8 bits/dim"
+if not SMOKE:  # seed 0 of benchmarks/seeds.json (one thread): 3.342 and 3.406; another thread count moves the raw weights a little
+    assert abs(vdvae_bpd - 3.342) < 0.046 and abs(raw_bpd - 3.406) < 0.046  # within the spread between seeds
 
 # %% [markdown]
 # The gradient norm of every step (in units of the per-dimension loss), with the run's skip
@@ -1039,7 +1042,7 @@ def chapter_result(run, fallback):
     return earlier_run_bpd(RUNS / (run + ("_smoke" if SMOKE else "")), fallback)
 
 
-results = {"Chapter 1: VAE": chapter_result("ch01_vae", 3.711), "Chapter 2: Ladder VAE": chapter_result("ch02_lvae", 3.674),
+results = {"Chapter 1: VAE": chapter_result("ch01_vae", 3.712), "Chapter 2: Ladder VAE": chapter_result("ch02_lvae", 3.673),
            "Chapters 3-4: NVAE": chapter_result("ch03_nvae", 3.519),
            "Chapter 6: VDVAE (raw weights)": (raw_bpd, run_dir.as_posix())}
 plot_where_it_stands(results, height=2.6)
