@@ -32,20 +32,20 @@
 #
 # **What to expect.** Full mode trains three models of 3×3 binarised Fashion-MNIST (2000 steps
 # each, seconds), times sampling up to D = 1024 pixels, fits eight 2-D hierarchies, and trains
-# Chapter 6's Very Deep VAE for 500 steps unless Chapter 6's run is in `runs/`: about 7½ minutes
-# on an idle 2-core CPU (an earlier run used 438 s of CPU time on one thread, about 200 of them
-# for the VDVAE; the committed run took 44½ minutes of wall time and 915 s of CPU time on a machine
-# loaded 7 to 10 times over, where contention inflates the CPU time as well). The AR
+# Chapter 6's Very Deep VAE for 500 steps unless Chapter 6's run is in `runs/`. With Chapter 6's
+# run in place, as after working through Chapter 6, the committed run took 502 s on an idle 2-core
+# CPU (492 s of CPU time: the chapter runs on one thread); training the 500-step VDVAE instead adds
+# about 3½ minutes. The AR
 # model and its D-layer VAE
 # both reach a test NLL of about **3.29 nats** per image, equal to within 10^-4 nats; the
 # learned-encoder VAE lands within a few hundredths of a nat of them while its latents carry only
 # about **2.25 of those nats**. At D = 1024 the AR model needs 1024 network passes per sample
-# against the multi-resolution VAE's one, and is hundreds of times slower (256× in the committed
+# against the multi-resolution VAE's one, and is hundreds of times slower (404× in the committed
 # run). On the ring of Gaussians the divergence falls from about **1.85 nats** (one Gaussian layer)
-# to a few hundredths (eight layers; 0.02 in the committed run). The VDVAE (about **3.59 bits/dim**
-# after 500 steps) keeps about **3%** of its KL at 1×1, **18.5%** at 7×7, **78%** at 14×14 and
-# almost none at 28×28; with the posterior down to 7×7 about **89%** of the coarse (global-shape)
-# error is gone but only **41%** of the fine. `HVAE_SMOKE=1` runs every cell in
+# to a few hundredths (eight layers; 0.02 in the committed run). Chapter 6's VDVAE (**3.342
+# bits/dim** with its EMA weights after 1000 steps) keeps about **2%** of its KL at 1×1, **21.6%**
+# at 7×7, **76.4%** at 14×14 and almost none at 28×28; with the posterior down to 7×7 about **94%**
+# of the coarse (global-shape) error is gone but only **54%** of the fine. `HVAE_SMOKE=1` runs every cell in
 # well under a minute on less data and far fewer steps; the numbers then mean little, and the
 # asserts that need trained models are weakened where marked.
 
@@ -815,7 +815,8 @@ for density in layers:
 # in `runs/ch06_vdvae` (1000 steps), its EMA weights are loaded. Otherwise this chapter trains the
 # same preset for **500 steps** instead of 1000 (about 3½ minutes on one core, to stay within the
 # chapter's 10 minutes) into `runs/ch07_vdvae`, where it reaches about 3.59 bits/dim. The asserts
-# below hold for either model; the figures quoted in the text are those of the committed 500-step run. Smoke mode trains 10 steps on 512 images and
+# below hold for either model; the figures quoted in the text are those of the committed run, which
+# loaded Chapter 6's 1000-step model (3.342 bits/dim). Smoke mode trains 10 steps on 512 images and
 # checks only what does not need a trained model.
 
 # %%
@@ -937,24 +938,24 @@ if not SMOKE:  # 20 smoke steps leave latents that mean little: these need the t
     assert fine[-1] < 0.5 * fine[seven]  # the 14x14 (and 28x28) layers fix the detail
 
 # %% [markdown]
-# **What each resolution learns.** In the run committed with this notebook (500 steps):
+# **What each resolution learns.** In the run committed with this notebook (Chapter 6's model, 1000 steps):
 #
 # - **1×1** (one layer, 4 dimensions) carries about 3% of the KL, the most information per latent
 #   dimension by far, yet alone it fixes little you can see: the draws still range over garments,
-#   and the spread across them falls by only 17%.
-# - **7×7** (four layers) carries about 18.5% and decides the **global shape**: from that row on
+#   and the spread across them falls by only 18%.
+# - **7×7** (four layers) carries about 21.6% and decides the **global shape**: from that row on
 #   the draws are the right kind of object in roughly the right outline — a shoe, a top with
-#   sleeves, a flat sole — and 89% of the coarse error is gone, but only 41% of the fine error.
-# - **14×14** (seven layers) carries about 78% and draws the **detail**: the boot's heel and sole,
-#   the pullover's print (a dark band: 500 steps do not resolve letters, even in the
-#   reconstruction), the sandal's flat shape; the fine error falls by another factor of three.
+#   sleeves, a flat sole — and 94% of the coarse error is gone, but only 54% of the fine error.
+# - **14×14** (seven layers) carries about 76.4% and draws the **detail**: the boot's heel and sole,
+#   the pullover's print (a dark patch where the letters are: 1000 steps do not resolve them, even
+#   in the reconstruction), the sandal's flat shape; the fine error falls by another factor of four.
 # - **28×28** (one layer, a third of the latent dimensions) carries almost nothing (about 0.001
 #   nats per image): its row is indistinguishable from the one above, and the pixel likelihood —
 #   a mixture of logistics per pixel — draws whatever texture is left at full resolution. In this
 #   small model the top-down pass has already decided everything the 28×28 layer could have.
 #
 # This is the paper's Fig. 4 in small: low resolutions fix the global structure, higher ones the
-# detail. In this run most of the layers sit at 14×14, and so does 78% of the KL. The
+# detail. In this run most of the layers sit at 14×14, and so does 76% of the KL. The
 # measurement also shows what a deep hierarchy can learn to leave unused: a latent layer costs
 # parameters and time whether or not the posterior uses it.
 
@@ -988,9 +989,9 @@ if not SMOKE:  # 20 smoke steps leave latents that mean little: these need the t
 # gradient skipping (Chapter 6).
 #
 # **What the depth of a trained VDVAE holds** (Chapter 6's model, section 6): with the posterior
-# down to 7×7 and the prior below, the draws share the test image's global shape (89% of the
-# coarse error gone, 41% of the fine); the 14×14 layers, 78% of the KL, draw the detail; the one
-# 28×28 layer carries almost nothing (in the committed 500-step run), and the pixel likelihood
+# down to 7×7 and the prior below, the draws share the test image's global shape (94% of the
+# coarse error gone, 54% of the fine); the 14×14 layers, 76% of the KL, draw the detail; the one
+# 28×28 layer carries almost nothing (in the committed run), and the pixel likelihood
 # draws what is left. Low resolutions decide structure, high ones detail: the paper's Fig. 4.
 #
 # **Read next.** Child (2021), *Very Deep VAEs Generalize Autoregressive Models and Can Outperform
