@@ -119,8 +119,9 @@ def crawl(site):
             response = page.goto(base + name, wait_until="load")
             page.evaluate(SETTLE)
             if page.locator(".mermaid").count():
-                page.wait_for_function("() => [...document.querySelectorAll('.mermaid')].every(m => m.querySelector('svg'))",
-                                       timeout=30_000)
+                # drawn means laid out: Mermaid inserts its <svg> before the boxes, so wait for the boxes
+                page.wait_for_function("() => [...document.querySelectorAll('.mermaid')].every(m => m.querySelector('svg g.node'))",
+                                       timeout=60_000)
             seen = page.evaluate(INSPECT)
             page.set_viewport_size(PHONE)
             seen["phone"] = page.evaluate(OVERFLOW)
