@@ -79,12 +79,17 @@ def test_fashion_mnist_from_raw_idx(tmp_path, no_debian):
     assert torch.equal(small.train[4][0], ds.train[4][0])  # limits keep the first items
 
 
-def test_fashion_mnist_debian_fallback(tmp_path, monkeypatch):
+def fake_debian_package(tmp_path, monkeypatch):
+    """Debian's dataset-fashion-mnist in miniature: the four IDX files, gzipped, where the loader looks."""
     debian = tmp_path / "debian"
     debian.mkdir()
     for name, content in idx_splits().items():
         (debian / f"{name}.gz").write_bytes(gzip.compress(content))
     monkeypatch.setattr(mnist_cifar, "DEBIAN_FASHION_MNIST", debian)
+
+
+def test_fashion_mnist_debian_fallback(tmp_path, monkeypatch):
+    fake_debian_package(tmp_path, monkeypatch)
     root = tmp_path / "root"
     ds = load_dataset("fashion_mnist", root, download=False)
     raw = root / "FashionMNIST" / "raw"
@@ -106,11 +111,7 @@ def _first_use(root, barrier, errors):
 def test_two_first_uses_at_once_both_succeed(tmp_path, monkeypatch):
     # Two seed runs or two notebooks started together both find the raw files missing and decompress
     # Debian's; with one shared temporary name the second os.replace found the file gone.
-    debian = tmp_path / "debian"
-    debian.mkdir()
-    for name, content in idx_splits().items():
-        (debian / f"{name}.gz").write_bytes(gzip.compress(content))
-    monkeypatch.setattr(mnist_cifar, "DEBIAN_FASHION_MNIST", debian)
+    fake_debian_package(tmp_path, monkeypatch)
     ctx = multiprocessing.get_context("fork")  # the children keep the monkeypatch
     barrier, errors = ctx.Barrier(2), ctx.Queue()
     procs = [ctx.Process(target=_first_use, args=(tmp_path / "root", barrier, errors)) for _ in range(2)]
