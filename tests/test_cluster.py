@@ -29,11 +29,13 @@ TRAIN_ARGS = ["--set", "max_steps=100", "--set", "lr=3e-4"]
 
 def fake_commands(bin_dir: Path, **scripts: str) -> dict:
     """Executables named after the keyword arguments on a PATH in front of the real one; each appends
-    its arguments, one per line, to LOG/NAME.args before running its script."""
+    its arguments, one per line, to LOG/NAME.args before running its script. The append holds a lock:
+    nodes.sh starts its ssh calls at once, and two unlocked appends can interleave their lines."""
     bin_dir.mkdir()
     for name, body in scripts.items():
         path = bin_dir / name
-        path.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" >> "$LOG/{name}.args"\n{body}\n')
+        record = f'{{ flock 9; printf "%s\\n" "$@" >&9; }} 9>> "$LOG/{name}.args"'
+        path.write_text(f'#!/bin/bash\n{record}\n{body}\n')
         path.chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
