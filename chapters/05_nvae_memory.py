@@ -587,7 +587,6 @@ i64 = BATCHES.index(64) if 64 in BATCHES else -1
 checkpoint_fraction = plain_vs_ckpt["checkpointing"]["mib"][i64] / plain_vs_ckpt["plain"]["mib"][i64]
 reveal_prediction(f"saved with checkpointing / without, batch {BATCHES[i64]}", predicted_checkpoint_fraction,
                   round(checkpoint_fraction, 2))
-time_ratio = sum(plain_vs_ckpt["checkpointing"]["seconds"]) / sum(plain_vs_ckpt["plain"]["seconds"])
 assert all(c < 0.5 * p for c, p in zip(plain_vs_ckpt["checkpointing"]["mib"], plain_vs_ckpt["plain"]["mib"]))
 for row in plain_vs_ckpt.values():  # straight lines through the origin, up to the small fixed part
     per_image_mib = [m / b for m, b in zip(row["mib"], BATCHES)]
