@@ -7,7 +7,9 @@
   checkpoint holds;
 - :mod:`~hvae_lib.training.run_log`: the global batches, ``metrics.jsonl``, TensorBoard and progress;
 - :mod:`~hvae_lib.training.stopping`: SIGINT, SIGTERM and SIGUSR1 without losing work;
-- :mod:`~hvae_lib.training.safe_write`: atomic writes, and one sentence for a full or read-only disk.
+- :mod:`~hvae_lib.training.safe_write`: atomic writes, and one sentence for a full or read-only disk;
+- :mod:`~hvae_lib.training.background`: runs trained in a second process (the other core) while a
+  notebook goes on (Chapters 6b and 7).
 
 Models come in only through :func:`hvae_lib.models.build_model` and the base contract of
 :mod:`hvae_lib.models.base`; an import-linter contract in ``pyproject.toml`` forbids importing a
