@@ -35,7 +35,8 @@
 # notebook's run is its seed 0 to the last digit. The committed run took 232 s on an idle 2-core
 # machine (AMD EPYC); the same notebook training the five models one after the other took 384 s
 # there. On its seed the test losses are 3.974 bits/dim (the baseline), 4.128 without 1/√N, 3.976
-# with the learned upsampler, 4.007 and 4.141 at stochastic depth 20 and 4. The cells assert what holds on this notebook's own run: the scale
+# with the learned upsampler, 4.007 and 4.141 at stochastic depth 20 and 4. The cells assert what
+# holds on this notebook's own run: the scale
 # factors multiply exactly the weights they should; without them the 69-layer model's training
 # loss trails by more than 0.3 bits/dim at step 50; no update is skipped either way; with the
 # learned upsampler the two 1×1 layers carry less than 0.01 nats while with nearest neighbours they
