@@ -97,8 +97,8 @@ class BackgroundRuns:
         return json.loads(self._results(name).read_text())
 
     def _failure(self, name: str) -> str:
-        tail = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()] if self.log.exists() else []
-        last = tail[-1].strip() if tail else "no output"
+        output = self.log.read_text(errors="replace").strip().splitlines() if self.log.exists() else []
+        last = output[-1].strip() if output else "no output"  # the worker's last words: the error, as a rule
         return (f"The background run {name!r} did not finish: its worker exited with status "
                 f"{self.process.returncode} ({last[:200]}); the whole log is {self.log}.")
 
